@@ -1,0 +1,50 @@
+"""Domain exceptions.
+
+Every message names the thing, what was expected, what was found, and what to
+do about it. The command line turns :class:`UsageError` (and its subclasses)
+into exit code 2 with a single line.
+"""
+
+from __future__ import annotations
+
+
+class BrainageError(Exception):
+    """Base class of every error raised on purpose by brainage."""
+
+
+class UsageError(BrainageError):
+    """The command line or its inputs cannot be used as given (exit code 2)."""
+
+
+class ConfigError(UsageError):
+    """A pipeline configuration file is unreadable or invalid."""
+
+
+class BIDSError(UsageError):
+    """The input dataset is not a usable BIDS dataset."""
+
+
+class ParticipantsTableError(BIDSError):
+    """``participants.tsv`` is missing required values or is malformed."""
+
+
+class NotAvailableError(UsageError):
+    """A level, stage or option that this version of brainage does not provide yet."""
+
+
+class InputFileError(BrainageError):
+    """A participant's input file is corrupt or unusable.
+
+    Raised inside a participant task; the task runner records it for that
+    participant and carries on with the others.
+    """
+
+    def __init__(self, path, problem: str, fix: str):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}. {fix}")
+
+
+class ProcessingError(BrainageError):
+    """A processing step failed for one participant (QC threshold, convergence …)."""

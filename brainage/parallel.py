@@ -1,0 +1,331 @@
+"""Running participant tasks: local worker processes or a Dask cluster.
+
+One task per participant × stage. A stage that requires another (``func``
+needs ``anat``) is submitted once its requirement finished for that
+participant. A failing participant never stops the others: its error is
+recorded in its ``sub-XX/log/`` and listed at the end. A rerun skips every task
+whose record says it is complete and whose fingerprint (inputs' checksums,
+configuration, brainage version, upstream results) is unchanged.
+
+Local execution uses a :class:`concurrent.futures.ProcessPoolExecutor` with
+``spawn`` workers; a worker that dies (out of memory, a crash in native code)
+costs a retry of the tasks it may have been running, not the run. With a
+scheduler address the same tasks go to a ``dask.distributed`` cluster, whose
+workers must have brainage installed; Dask retries tasks lost with a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .provenance import fingerprint, input_manifest, read_record
+from .stages import ParticipantTask, StageSpec, TaskResult, execute_task, record_path
+
+__all__ = ["RunSummary", "plan_tasks", "run_participants"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """Outcome of a participant-level run."""
+
+    done: list[TaskResult] = field(default_factory=list)
+    excluded: list[TaskResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[TaskResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, 1 otherwise (the rest is complete)."""
+        return 1 if self.failed else 0
+
+
+def _stage_inputs(spec: StageSpec, inputs) -> list:
+    if spec.name == "anat":
+        return list(inputs.t1w)
+    if spec.name == "func":
+        return [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]
+    return inputs.files()
+
+
+def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivatives_dir=None):
+    """Build the task list and find which tasks are already up to date.
+
+    Returns
+    -------
+    tasks : list of ParticipantTask
+        Tasks to run (not up to date), in dependency order.
+    skipped : list of str
+        Keys of up-to-date tasks.
+    """
+    from .config import config_to_dict
+
+    cfg = config_to_dict(config)
+    tasks, skipped = [], []
+    for inputs in participants:
+        upstream: dict[str, str | None] = {}
+        for spec in stages:
+            section = cfg.get(spec.name, {})
+            manifest = input_manifest(_stage_inputs(spec, inputs))
+            ups = {}
+            for name in spec.requires:
+                if name in upstream:
+                    ups[name] = upstream[name]
+                else:
+                    rec = read_record(record_path(output_dir, inputs.subject, name))
+                    ups[name] = rec.get("fingerprint") if rec else None
+            fp = fingerprint(spec.name, section, manifest, ups)
+            upstream[spec.name] = fp
+            rec = read_record(record_path(output_dir, inputs.subject, spec.name))
+            complete = (
+                rec is not None
+                and rec.get("status") in ("done", "excluded")
+                and rec.get("fingerprint") == fp
+                and all((Path(output_dir) / o).exists() for o in rec.get("outputs", []))
+            )
+            key = f"sub-{inputs.subject}:{spec.name}"
+            if complete:
+                skipped.append(key)
+                continue
+            record = {
+                "subject": inputs.subject,
+                "stage": spec.name,
+                "fingerprint": fp,
+                "config_hash": fingerprint(spec.name, section, [], {}),
+                "config": section,
+                "inputs": manifest,
+                "upstream": ups,
+            }
+            tasks.append(
+                ParticipantTask(
+                    subject=inputs.subject,
+                    stage=spec,
+                    inputs=inputs,
+                    config=cfg,
+                    output_dir=str(output_dir),
+                    work_dir=str(work_dir),
+                    fingerprint=fp,
+                    record=record,
+                    derivatives_dir=str(derivatives_dir) if derivatives_dir else None,
+                    threads=config.run.threads_per_process,
+                )
+            )
+    return tasks, skipped
+
+
+class _LocalBackend:
+    def __init__(self, nprocs: int):
+        self.nprocs = nprocs
+        self._pool = None
+
+    def _ensure(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.nprocs, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    def submit(self, task):
+        return self._ensure().submit(execute_task, task)
+
+    def wait(self, futures):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        return done
+
+    def outcome(self, future):
+        """(result, lost): lost is True when the worker died under the task."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result(), False
+        except BrokenProcessPool:
+            self._pool = None  # start a fresh pool for whatever runs next
+            return None, True
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+class _DaskBackend:
+    def __init__(self, address: str, retries: int):
+        from distributed import Client
+
+        self.client = Client(address, timeout="30s")
+        self.retries = retries
+
+    def submit(self, task):
+        return self.client.submit(
+            execute_task, task, key=f"brainage-{task.key}-{time.time_ns()}", pure=False,
+            retries=self.retries,
+        )
+
+    def wait(self, futures):
+        from distributed import wait
+
+        return wait(list(futures), return_when="FIRST_COMPLETED").done
+
+    def outcome(self, future):
+        from distributed import KilledWorker
+
+        try:
+            return future.result(), False
+        except KilledWorker:
+            return None, True
+
+    def close(self):
+        self.client.close()
+
+
+class _Progress:
+    """A rich progress bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.count = 0
+        self.bar = None
+        if total and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=False)
+            self.bar.start()
+            self.task_id = self.bar.add_task("participants", total=total)
+
+    def update(self, result: TaskResult):
+        self.count += 1
+        line = f"[{self.count}/{self.total}] sub-{result.subject} {result.stage}: {result.status}"
+        line += f" in {result.seconds:.1f} s"
+        if result.error:
+            line += f": {result.error}"
+        if self.bar is not None:
+            self.bar.advance(self.task_id)
+            self.bar.console.log(line)
+        else:
+            (logger.warning if result.status == "failed" else logger.info)(line)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_participants(
+    participants,
+    stages,
+    config,
+    output_dir,
+    *,
+    work_dir=None,
+    nprocs: int | None = None,
+    scheduler_address: str | None = None,
+    derivatives_dir=None,
+) -> RunSummary:
+    """Run every stage for every participant, in parallel, skipping what is up to date.
+
+    Parameters
+    ----------
+    participants : list of ParticipantInputs
+        From :func:`brainage.bids.discover_inputs`.
+    stages : list of StageSpec
+        From :func:`brainage.stages.resolve_stages` (dependency order).
+    config : PipelineConfig
+        Effective configuration.
+    output_dir : path-like
+        Derivatives root.
+    work_dir : path-like, optional
+        Scratch space (default ``OUTPUT_DIR/.work``).
+    nprocs : int, optional
+        Local worker processes (default ``config.run.nprocs``).
+    scheduler_address : str, optional
+        A ``dask.distributed`` scheduler (``tcp://host:8786``); overrides ``nprocs``.
+    derivatives_dir : path-like, optional
+        fMRIPrep derivatives.
+
+    Returns
+    -------
+    RunSummary
+    """
+    output_dir = Path(output_dir)
+    work_dir = Path(work_dir) if work_dir else output_dir / ".work"
+    tasks, skipped = plan_tasks(
+        participants, stages, config, output_dir, work_dir, derivatives_dir=derivatives_dir
+    )
+    summary = RunSummary(skipped=skipped)
+    for key in skipped:
+        logger.info("%s is up to date; skipped", key)
+    if not tasks:
+        return summary
+    retries = config.run.retries
+    backend = (
+        _DaskBackend(scheduler_address, retries)
+        if scheduler_address
+        else _LocalBackend(nprocs or config.run.nprocs)
+    )
+    pending = {t.key: t for t in tasks}
+    attempts = dict.fromkeys(pending, 0)
+    finished: dict[str, str] = {}
+    running: dict = {}
+    progress = _Progress(len(tasks))
+
+    def ready(task):
+        # a requirement that is neither pending nor running is finished or was up to date
+        keys = [f"sub-{task.subject}:{req}" for req in task.stage.requires]
+        return not any(k in pending or k in running.values() for k in keys)
+
+    def blocked(task):
+        return [
+            req for req in task.stage.requires
+            if finished.get(f"sub-{task.subject}:{req}") in ("failed", "excluded")
+        ]
+
+    def finish(result):
+        finished[f"sub-{result.subject}:{result.stage}"] = result.status
+        {"done": summary.done, "excluded": summary.excluded, "failed": summary.failed}[
+            result.status
+        ].append(result)
+        progress.update(result)
+
+    try:
+        while pending or running:
+            for key, task in list(pending.items()):
+                if key in running.values():
+                    continue
+                why = blocked(task)
+                if why:
+                    del pending[key]
+                    finish(TaskResult(task.subject, task.stage.name, "failed", 0.0,
+                                      f"not run because its {why[0]!r} stage did not complete"))
+                elif ready(task):
+                    attempts[key] += 1
+                    running[backend.submit(task)] = key
+                    del pending[key]
+            if not running:
+                continue
+            for future in backend.wait(running):
+                key = running.pop(future)
+                result, lost = backend.outcome(future)
+                if lost:
+                    task = next(t for t in tasks if t.key == key)
+                    if attempts[key] <= retries:
+                        logger.warning("%s: worker lost; retrying", key)
+                        pending[key] = task
+                        continue
+                    result = TaskResult(
+                        task.subject, task.stage.name, "failed", 0.0,
+                        "the worker process died while running this task (out of memory, or a "
+                        "crash in native code); rerun with fewer --nprocs or more memory",
+                    )
+                finish(result)
+    finally:
+        progress.close()
+        backend.close()
+    return summary

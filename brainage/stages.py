@@ -1,0 +1,318 @@
+"""Participant-level stages: the registry, the context a stage runs in, and the
+worker-side execution of one participant × stage task.
+
+A stage is a function ``run(ctx: StageContext) -> dict``. It reads its inputs
+from ``ctx.inputs`` (and, for a downstream stage, the final outputs of the
+stages it requires under ``ctx.output_dir``), writes every output to
+``ctx.path(**entities)`` (a private staging folder), and returns a summary
+(QC metrics, flags) for its provenance record. The runner moves the staged
+files into ``OUTPUT_DIR`` only when the stage succeeded, so a failure never
+leaves half-written outputs. A stage that decides to exclude a participant
+(too little clean data, say) returns ``{"excluded": True, "reason": ...}``;
+that is recorded and is not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bids import ParticipantInputs, derivative_path
+from .exceptions import NotAvailableError
+
+__all__ = [
+    "STAGES",
+    "StageContext",
+    "StageSpec",
+    "TaskResult",
+    "execute_task",
+    "record_path",
+    "resolve_stages",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A participant-level stage: where its code lives and what it needs first."""
+
+    name: str
+    entry: str
+    requires: tuple[str, ...] = ()
+    description: str = ""
+
+    def load(self):
+        """Import and return the stage function."""
+        module, _, func = self.entry.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    def available(self) -> bool:
+        """Whether this installation provides the stage's code."""
+        module = self.entry.partition(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+
+#: The participant-level stages, in dependency order.
+STAGES: dict[str, StageSpec] = {
+    "anat": StageSpec(
+        "anat",
+        "brainage.anat.stage:run",
+        description="structural: N4, registration to MNI, tissue maps, regional volumes",
+    ),
+    "func": StageSpec(
+        "func",
+        "brainage.func.stage:run",
+        requires=("anat",),
+        description="functional: motion correction, confounds, denoising, connectivity, maps",
+    ),
+}
+
+
+def resolve_stages(modalities, registry: dict[str, StageSpec] | None = None) -> list[StageSpec]:
+    """Check that the requested stages exist in this version and order them.
+
+    Raises
+    ------
+    NotAvailableError
+        A requested stage is unknown or not implemented in this version.
+    """
+    from . import __version__
+
+    registry = STAGES if registry is None else registry
+    out = []
+    for name in modalities:
+        if name not in registry:
+            raise NotAvailableError(
+                f"unknown modality {name!r}; available: {', '.join(registry)}"
+            )
+        spec = registry[name]
+        if not spec.available():
+            raise NotAvailableError(
+                f"the {name!r} stage ({spec.description}) is not available in brainage "
+                f"{__version__} yet; nothing was run"
+            )
+        out.append(spec)
+    order = list(registry)
+    return sorted(out, key=lambda s: order.index(s.name))
+
+
+def record_path(output_dir: str | Path, subject: str, stage: str) -> Path:
+    """Where the provenance record of ``subject`` × ``stage`` lives."""
+    return derivative_path(
+        output_dir, subject=subject, datatype="log", desc=stage, suffix="provenance",
+        extension=".json",
+    )
+
+
+@dataclass
+class StageContext:
+    """What a stage function receives.
+
+    Attributes
+    ----------
+    subject : str
+        Participant label without ``sub-``.
+    inputs : ParticipantInputs
+        The participant's raw inputs.
+    config : brainage.config.PipelineConfig
+        The effective configuration (the stage reads its own section).
+    output_dir : Path
+        Final derivatives root; read upstream stages' outputs from here.
+    staging_dir : Path
+        Where this attempt's outputs are written (through :meth:`path`).
+    work_dir : Path
+        Scratch space for this participant × stage; removed after success.
+    derivatives_dir : Path or None
+        fMRIPrep derivatives given with ``--derivatives``.
+    """
+
+    subject: str
+    inputs: ParticipantInputs
+    config: object
+    output_dir: Path
+    staging_dir: Path
+    work_dir: Path
+    derivatives_dir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("brainage.stage"))
+
+    def path(self, **entities) -> Path:
+        """Staging path of an output, built from BIDS entities (subject is filled in)."""
+        out = derivative_path(self.staging_dir, subject=self.subject, **entities)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def final_path(self, **entities) -> Path:
+        """Final path of an output in OUTPUT_DIR (to read an upstream stage's result)."""
+        return derivative_path(self.output_dir, subject=self.subject, **entities)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time a processing step; the timing goes into the provenance record."""
+        start = time.perf_counter()
+        self.logger.info("sub-%s: %s …", self.subject, name)
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 3)
+
+
+@dataclass(frozen=True)
+class ParticipantTask:
+    """One participant × stage, as shipped to a worker (plain, picklable data)."""
+
+    subject: str
+    stage: StageSpec
+    inputs: ParticipantInputs
+    config: dict
+    output_dir: str
+    work_dir: str
+    fingerprint: str
+    record: dict
+    derivatives_dir: str | None = None
+    threads: int = 1
+
+    @property
+    def key(self) -> str:
+        """A unique, readable task key."""
+        return f"sub-{self.subject}:{self.stage.name}"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a worker sends back."""
+
+    subject: str
+    stage: str
+    status: str  # "done" | "excluded" | "failed"
+    seconds: float
+    error: str | None = None
+    summary: dict | None = None
+
+
+def _limit_threads(threads: int) -> None:
+    for var in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+    ):
+        os.environ[var] = str(threads)
+
+
+def _describe_error(exc: BaseException) -> dict:
+    cause = exc.__cause__ or exc.__context__
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "cause": f"{type(cause).__name__}: {cause}" if cause is not None else None,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _commit(staging: Path, output_dir: Path, previous: dict | None) -> list[str]:
+    """Move staged files into place; remove outputs of the previous run no longer produced."""
+    written = []
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = src.relative_to(staging)
+        dst = output_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        written.append(rel.as_posix())
+    if previous:
+        for rel in set(previous.get("outputs", [])) - set(written):
+            (output_dir / rel).unlink(missing_ok=True)
+    return written
+
+
+def execute_task(task: ParticipantTask) -> TaskResult:
+    """Run one participant × stage in the current process; never raises for stage errors.
+
+    Writes the provenance record (and on success the outputs) under
+    ``OUTPUT_DIR``. Exceptions of the stage are caught and recorded; the
+    result carries the error message.
+    """
+    from .config import PipelineConfig, dump_config
+    from .io import atomic_write_json
+    from .provenance import read_record, software_versions
+
+    _limit_threads(task.threads)
+    output_dir = Path(task.output_dir)
+    token = uuid.uuid4().hex[:8]
+    staging = output_dir / ".staging" / f"sub-{task.subject}_{task.stage.name}_{token}"
+    work = Path(task.work_dir) / f"sub-{task.subject}_{task.stage.name}_{token}"
+    staging.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    config = PipelineConfig.model_validate(task.config)
+    ctx = StageContext(
+        subject=task.subject,
+        inputs=task.inputs,
+        config=config,
+        output_dir=output_dir,
+        staging_dir=staging,
+        work_dir=work,
+        derivatives_dir=Path(task.derivatives_dir) if task.derivatives_dir else None,
+        logger=logging.getLogger(f"brainage.{task.stage.name}"),
+    )
+    log_file = ctx.path(datatype="log", desc=task.stage.name, suffix="log", extension=".txt")
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("brainage")
+    root.addHandler(handler)
+    previous_level = root.level
+    root.setLevel(logging.INFO)
+    rec_path = record_path(output_dir, task.subject, task.stage.name)
+    previous = read_record(rec_path)
+    record = dict(task.record)
+    record.update(versions=software_versions(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    start = time.perf_counter()
+    status, error, summary = "failed", None, None
+    try:
+        dump_config(config, ctx.path(datatype="log", desc=task.stage.name, suffix="config",
+                                     extension=".yaml"))
+        summary = task.stage.load()(ctx) or {}
+        status = "excluded" if summary.get("excluded") else "done"
+    except Exception as exc:  # noqa: BLE001 - every stage error is recorded, others go on
+        error = _describe_error(exc)
+        ctx.logger.error("sub-%s %s failed: %s", task.subject, task.stage.name, exc)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
+    seconds = round(time.perf_counter() - start, 3)
+    record.update(status=status, seconds=seconds, timings=ctx.timings, summary=summary, error=error)
+    if status == "failed":
+        # keep only the log files of the failed attempt; drop its partial outputs
+        keep = {p for p in staging.rglob("*") if p.is_file() and "/log/" in p.as_posix()}
+        for p in staging.rglob("*"):
+            if p.is_file() and p not in keep:
+                p.unlink()
+        record["outputs"] = previous.get("outputs", []) if previous else []
+        _commit(staging, output_dir, None)
+        record["fingerprint"] = None  # a failed record is never up to date
+    else:
+        record["outputs"] = _commit(staging, output_dir, previous) + [
+            rec_path.relative_to(output_dir).as_posix()
+        ]
+    atomic_write_json(rec_path, record)
+    shutil.rmtree(staging, ignore_errors=True)
+    if status != "failed":
+        shutil.rmtree(work, ignore_errors=True)
+    message = None
+    if error:
+        message = error["message"] + (f" (caused by {error['cause']})" if error["cause"] else "")
+    return TaskResult(task.subject, task.stage.name, status, seconds, message, summary)
