@@ -48,3 +48,7 @@ class InputFileError(BrainageError):
 
 class ProcessingError(BrainageError):
     """A processing step failed for one participant (QC threshold, convergence …)."""
+
+
+class ModelBundleError(InputFileError):
+    """A model bundle is unreadable, tampered with, or from an incompatible version."""

@@ -1,0 +1,440 @@
+"""scikit-learn-style estimator around PIDReg: ``PIDRegressor``.
+
+``fit(X, y)`` takes a dict mapping modality names to arrays (participants on
+axis 0) or indexable datasets (volumes loaded on demand), chooses an encoder
+per modality from the input shape (MLP for vectors, SFCN-style 3D CNN for
+volumes), and trains with the two-stage schedule. After fitting, the PID atoms
+that set the fusion weights, the weights, their per-epoch history and a measure
+of how Gaussian the latents are can be read from attributes ending in ``_``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from brainage.exceptions import UsageError
+
+__all__ = ["PIDRegressor", "latent_gaussianity"]
+
+logger = logging.getLogger(__name__)
+
+
+def latent_gaussianity(latent: np.ndarray, *, max_samples: int = 5000, seed: int = 0) -> dict:
+    """Measure how Gaussian a sample of latent vectors is.
+
+    Parameters
+    ----------
+    latent : numpy.ndarray
+        Shape (n, d).
+    max_samples : int
+        Subsample size (Shapiro–Wilk is defined up to 5000 samples).
+    seed : int
+        Seed of the subsample.
+
+    Returns
+    -------
+    dict
+        ``shapiro_w_mean`` / ``shapiro_w_min``: Shapiro–Wilk W over the latent
+        units (1 for perfectly Gaussian marginals); ``mardia_kurtosis_ratio``:
+        Mardia's multivariate kurtosis divided by its Gaussian value d(d + 2)
+        (1 for a Gaussian; > 1 heavy tails, < 1 light tails); ``n``.
+        The closed-form PID is exact only for jointly Gaussian latents; these
+        numbers say how far from that the fitted latents are, not how wrong the
+        atoms are.
+    """
+    from scipy import stats
+
+    x = np.asarray(latent, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 3:
+        raise ValueError(f"latent_gaussianity needs an (n ≥ 3, d) array, got {x.shape}.")
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_samples:
+        x = x[rng.choice(x.shape[0], max_samples, replace=False)]
+    ws = [float(stats.shapiro(col).statistic) for col in x.T if np.std(col) > 0]
+    xc = x - x.mean(0)
+    cov = np.cov(xc, rowvar=False).reshape(x.shape[1], x.shape[1])
+    inv = np.linalg.pinv(cov)
+    d2 = np.einsum("ij,jk,ik->i", xc, inv, xc)
+    d = x.shape[1]
+    return {
+        "shapiro_w_mean": float(np.mean(ws)) if ws else float("nan"),
+        "shapiro_w_min": float(np.min(ws)) if ws else float("nan"),
+        "mardia_kurtosis_ratio": float(np.mean(d2**2) / (d * (d + 2))),
+        "n": int(x.shape[0]),
+    }
+
+
+class PIDRegressor(RegressorMixin, BaseEstimator):
+    """Multimodal regressor with PID-weighted fusion (PIDReg).
+
+    Parameters
+    ----------
+    preset : {"default", "faithful"}
+        Hyperparameter preset (see :mod:`brainage.models.presets` and ``docs/pidreg.md``).
+    latent_dim, hidden, max_epochs, batch_size, lr : optional
+        Shortcuts for the preset settings of the same name (None keeps the preset's).
+    settings : dict, optional
+        Any other preset settings to change, e.g. ``{"lambda_cmi": 0.0}``.
+    encoders : dict, optional
+        Per-modality encoder options, e.g. ``{"anat": {"channels": [8, 16], "width": 1.0}}``.
+    random_state : int
+        Seed of the validation split, initial weights, noise and shuffling.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
+
+    Attributes
+    ----------
+    modalities_ : list of str
+        Modality names in model order.
+    config_ : PIDRegConfig
+        The settings used.
+    model_ : PIDReg
+        The trained network (eval mode).
+    pid_ : dict
+        Windowed PID atoms in bits (``U1, U2, R, S, I1, I2, I12``) that set the
+        final fusion weights, keyed by modality pair ``"a|b"`` (U1/I1 refer to
+        ``a``).
+    pid_history_ : list of dict
+        Per stage-1 epoch: ``epoch``, raw ``atoms`` and ``atoms_windowed`` per pair.
+    fusion_weights_ : dict
+        Final weight per modality and per pair's synergy term.
+    fusion_weights_history_ : list of dict
+        Weights after every epoch.
+    bottleneck_lambdas_ : dict
+        Final λ_m of the noise bottleneck.
+    history_ : list of dict
+        Per epoch: ``epoch``, ``stage``, ``train_loss``, ``val_loss``, ``lr``, ``seconds``.
+    stage2_epoch_ : int or None
+        First epoch with frozen weights (None when stage 1 never converged).
+    best_epoch_ : int
+        Epoch whose weights were kept (early stopping).
+    gaussianity_ : dict
+        Per modality, :func:`latent_gaussianity` of the training latents.
+    training_summary_ : dict
+        Number of participants, target mean / sd / range, input shapes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = {"a": rng.normal(size=(64, 5)), "b": rng.normal(size=(64, 3))}
+    >>> y = X["a"][:, 0] + X["b"][:, 0]
+    >>> reg = PIDRegressor(latent_dim=4, hidden=(8,), max_epochs=2, batch_size=32,
+    ...                    settings={"dropout": (0.0,)}).fit(X, y)
+    >>> reg.predict(X).shape
+    (64,)
+    """
+
+    def __init__(
+        self,
+        *,
+        preset: str = "default",
+        latent_dim: int | None = None,
+        hidden: Sequence[int] | None = None,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        settings: dict | None = None,
+        encoders: dict | None = None,
+        random_state: int = 0,
+        device: str = "auto",
+    ):
+        self.preset = preset
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.settings = settings
+        self.encoders = encoders
+        self.random_state = random_state
+        self.device = device
+
+    # ------------------------------------------------------------------ setup
+    def _make_config(self):
+        from brainage.models.presets import get_preset
+
+        over = dict(self.settings or {})
+        for key in ("latent_dim", "hidden", "max_epochs", "batch_size", "lr"):
+            val = getattr(self, key)
+            if val is not None:
+                over[key] = val
+        if "hidden" in over and "dropout" not in over:
+            base = get_preset(self.preset).dropout
+            n = len(tuple(over["hidden"]))
+            over["dropout"] = tuple((list(base) + [base[-1]] * n)[:n])
+        return get_preset(self.preset, **over)
+
+    def _build_model(self, config, encoder_specs: dict):
+        from brainage.models.encoders import build_encoder
+        from brainage.models.pidreg import PIDReg
+
+        encs = {m: build_encoder(spec, out_dim=config.latent_dim)
+                for m, spec in encoder_specs.items()}
+        return PIDReg(encs, latent_dim=config.latent_dim, hidden=config.hidden,
+                      dropout=config.dropout, lambda_init=config.lambda_init)
+
+    def _encoder_specs(self, config, shapes: dict) -> dict:
+        from brainage.models.encoders import encoder_spec_for
+
+        opts = dict(self.encoders or {})
+        unknown = sorted(set(opts) - set(shapes))
+        if unknown:
+            raise UsageError(
+                f"Encoder options given for unknown modalities {unknown}; "
+                f"the data has {sorted(shapes)}."
+            )
+        specs = {}
+        for m, shape in shapes.items():
+            o = dict(opts.get(m, {}))
+            if len(shape) <= 2:
+                o.setdefault("hidden", list(config.hidden))
+                o.setdefault("dropout", list(config.dropout))
+            specs[m] = encoder_spec_for(shape, **o)
+        return specs
+
+    def _scaled(self, X: Mapping, fit_idx: np.ndarray | None = None):
+        """Wrap X, standardising array modalities with statistics of ``fit_idx``."""
+        from brainage.training.datasets import MultiModalData
+
+        data = MultiModalData(X)
+        if fit_idx is not None:
+            self.input_mean_, self.input_scale_ = {}, {}
+            for m in data.modalities:
+                if data.is_array(m) and len(data.sample_shapes[m]) <= 2:
+                    ref = data.X[m][fit_idx]
+                    self.input_mean_[m] = ref.mean(0).astype(np.float32)
+                    sd = ref.std(0)
+                    self.input_scale_[m] = np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
+        scaled = {}
+        for m in data.modalities:
+            if m in self.input_mean_:
+                scaled[m] = (data.X[m] - self.input_mean_[m]) / self.input_scale_[m]
+            else:
+                scaled[m] = data.X[m]
+        return MultiModalData(scaled)
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, X: Mapping, y) -> PIDRegressor:
+        """Train PIDReg on the modalities in ``X`` and the target ``y``.
+
+        Parameters
+        ----------
+        X : dict of str to array-like or dataset
+            Two or more modalities, participants in the same order in each.
+        y : array-like of shape (n,)
+            Target (e.g. age in years).
+
+        Returns
+        -------
+        self
+        """
+        from brainage.training.datasets import MultiModalData
+        from brainage.training.trainer import pid_target, resolve_device, train_model
+
+        config = self._make_config()
+        raw = MultiModalData(X)
+        if len(raw.modalities) < 2:
+            raise UsageError(
+                f"PIDRegressor needs two or more modalities, got {raw.modalities}; "
+                "use brainage.models.baselines.UnimodalRegressor for one."
+            )
+        y = np.asarray(y, dtype=float).reshape(-1)
+        if len(y) != raw.n:
+            raise UsageError(
+                f"y has {len(y)} values but X has {raw.n} participants; give one target "
+                "per participant, in the same order."
+            )
+        if not np.all(np.isfinite(y)):
+            raise UsageError(
+                f"y has {int((~np.isfinite(y)).sum())} non-finite values; drop those "
+                "participants before fitting."
+            )
+        rng = np.random.default_rng(self.random_state)
+        perm = rng.permutation(raw.n)
+        n_val = round(config.validation_fraction * raw.n)
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if len(train_idx) < 4:
+            raise UsageError(f"Only {len(train_idx)} training participants; need at least 4.")
+        self.input_mean_, self.input_scale_ = {}, {}
+        data = self._scaled(X, fit_idx=train_idx)
+        self.y_mean_ = float(y[train_idx].mean())
+        self.y_scale_ = float(max(y[train_idx].std(), 1e-12))
+        y_std = (y - self.y_mean_) / self.y_scale_
+        y_pid = np.zeros_like(y)
+        y_pid[train_idx] = pid_target(y[train_idx], config.target_transform)
+
+        self.modalities_ = list(raw.modalities)
+        self.input_shapes_ = {m: list(s) for m, s in raw.sample_shapes.items()}
+        self.config_ = config
+        self.encoder_specs_ = self._encoder_specs(config, raw.sample_shapes)
+        import torch
+
+        torch.manual_seed(self.random_state)
+        self.model_ = self._build_model(config, self.encoder_specs_)
+        result = train_model(
+            self.model_, data, y_std, train_idx, val_idx, config, y_pid=y_pid,
+            seed=self.random_state, device=self.device,
+        )
+        self.device_ = str(resolve_device(self.device))
+        self.model_.to("cpu")
+        self._set_fitted_from(result)
+        self.gaussianity_ = self._gaussianity(data, train_idx)
+        self.training_summary_ = {
+            "n_participants": int(raw.n),
+            "n_train": len(train_idx),
+            "n_validation": len(val_idx),
+            "y_mean": float(y.mean()), "y_sd": float(y.std()),
+            "y_min": float(y.min()), "y_max": float(y.max()),
+            "input_shapes": self.input_shapes_,
+        }
+        return self
+
+    def _set_fitted_from(self, result) -> None:
+        self.history_ = [
+            {k: e[k] for k in ("epoch", "stage", "train_loss", "val_loss", "lr", "seconds")}
+            for e in result.history
+        ]
+        self.pid_history_ = [
+            {"epoch": e["epoch"], "atoms": e["atoms"], "atoms_windowed": e["atoms_windowed"]}
+            for e in result.history if "atoms" in e
+        ]
+        self.fusion_weights_history_ = [e["weights"] for e in result.history]
+        self.pid_ = result.atoms
+        self.fusion_weights_ = self.model_.fusion_weights_dict()
+        self.bottleneck_lambdas_ = self.model_.bottleneck_lambdas()
+        self.stage2_epoch_ = result.stage2_epoch
+        self.best_epoch_ = result.best_epoch
+        self.n_epochs_ = len(result.history)
+
+    def _gaussianity(self, data, idx) -> dict:
+        lat = self._latents(data, idx)
+        return {m: latent_gaussianity(v, seed=self.random_state) for m, v in lat.items()}
+
+    # ---------------------------------------------------------------- predict
+    def _latents(self, data, idx, modalities=None) -> dict:
+        import torch
+
+        from brainage.training.datasets import batch_indices
+
+        use = self.modalities_ if modalities is None else list(modalities)
+        out = {m: [] for m in use}
+        self.model_.eval()
+        with torch.no_grad():
+            for b in batch_indices(idx, 512, shuffle=False, seed=0, epoch=0):
+                xb = data.batch(b)
+                a = self.model_.encode(xb, use)
+                for m in use:
+                    out[m].append(a[m].float().numpy())
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    def _check_X(self, X: Mapping, modalities):
+        check_is_fitted(self, "model_")
+        use = self.modalities_ if modalities is None else list(modalities)
+        unknown = sorted(set(use) - set(self.modalities_))
+        if unknown or not use:
+            raise UsageError(
+                f"Cannot use modalities {use}: this model was trained on {self.modalities_}."
+            )
+        if not isinstance(X, Mapping):
+            raise UsageError(f"X must be a dict of modalities, got {type(X).__name__}.")
+        missing = sorted(set(use) - set(X))
+        if missing:
+            raise UsageError(
+                f"X lacks modalities {missing}; give them, or pass modalities= to predict "
+                f"from a subset of {self.modalities_}."
+            )
+        for m in use:
+            shape = list(np.shape(X[m][0]))
+            if shape != self.input_shapes_[m] and not (
+                shape == [] and self.input_shapes_[m] == [1]
+            ):
+                raise UsageError(
+                    f"Modality {m!r} has inputs of shape {shape} per participant; this model "
+                    f"was trained on {self.input_shapes_[m]}. Use the same features/grid."
+                )
+        return use, self._scaled({m: X[m] for m in use})
+
+    def predict(self, X: Mapping, modalities: Sequence[str] | None = None) -> np.ndarray:
+        """Predict the target.
+
+        Parameters
+        ----------
+        X : dict of str to array-like or dataset
+            The modalities to predict from.
+        modalities : sequence of str, optional
+            Predict from this subset only (modality selection); a left-out
+            modality's latent is replaced by its training mean.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n,)
+        """
+        import torch
+
+        from brainage.training.datasets import batch_indices
+
+        use, data = self._check_X(X, modalities)
+        preds = []
+        self.model_.eval()
+        with torch.no_grad():
+            for b in batch_indices(np.arange(data.n), 512, shuffle=False, seed=0, epoch=0):
+                preds.append(self.model_(data.batch(b), modalities=use)["pred"].float().numpy())
+        return np.concatenate(preds).astype(float) * self.y_scale_ + self.y_mean_
+
+    def transform(self, X: Mapping, modalities: Sequence[str] | None = None) -> dict:
+        """Return the noise-free latents ``{m: (n, latent_dim)}`` of the given modalities."""
+        use, data = self._check_X(X, modalities)
+        return self._latents(data, np.arange(data.n), use)
+
+    def pid_score(self, X: Mapping, y, *, n_boot: int = 0, random_state: int = 0) -> dict:
+        """Bias-corrected PID of held-out data: ``(INT(y); latent_a, latent_b)`` per pair.
+
+        Parameters
+        ----------
+        X : dict
+            Held-out inputs of all modalities.
+        y : array-like of shape (n,)
+            Held-out targets.
+        n_boot : int
+            Bootstrap resamples for confidence intervals (0: none).
+        random_state : int
+            Seed of the bootstrap.
+
+        Returns
+        -------
+        dict
+            ``{"a|b": brainage.pid.PIDResult}``.
+        """
+        from brainage.models.pidreg import pair_key
+        from brainage.pid import gaussian_pid, inverse_normal_transform
+
+        lat = self.transform(X)
+        yg = inverse_normal_transform(np.asarray(y, dtype=float))
+        return {
+            pair_key((p, q)): gaussian_pid(yg, lat[p], lat[q], bias_correction=True,
+                                           n_boot=n_boot, random_state=random_state)
+            for p, q in self.model_.pairs
+        }
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path) -> None:
+        """Write a model bundle (safetensors weights + JSON); see :mod:`brainage.models.bundle`."""
+        from brainage.models.bundle import save_bundle
+
+        save_bundle(self, path)
+
+    @classmethod
+    def load(cls, path) -> PIDRegressor:
+        """Read a model bundle written by :meth:`save`."""
+        from brainage.models.bundle import load_bundle
+
+        est = load_bundle(path)
+        if not isinstance(est, cls):
+            raise UsageError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
+        return est
