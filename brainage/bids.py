@@ -108,7 +108,9 @@ def derivative_path(root: str | Path, **entities) -> Path:
 
 def normalize_labels(labels) -> list[str]:
     """Strip an optional ``sub-`` prefix from participant labels (``"sub-01"`` → ``"01"``)."""
-    return [str(label).removeprefix("sub-") for label in labels] if labels else []
+    if labels is None:
+        return []
+    return [str(label).removeprefix("sub-") for label in labels]
 
 
 # --------------------------------------------------------------------------- participants

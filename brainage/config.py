@@ -159,6 +159,8 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{key}: unknown key; {hint}(allowed keys: {', '.join(allowed)})"
     message = error["msg"].removeprefix("Value error, ")
+    if "; got " in message:  # our own validators already say what was given
+        return f"{key}: {message}"
     return f"{key}: {message}; got {given!r}"
 
 

@@ -121,6 +121,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
 class _LocalBackend:
     def __init__(self, nprocs: int):
         self.nprocs = nprocs
+        self.capacity = nprocs  # never queue work inside a pool that may break
         self._pool = None
 
     def _ensure(self):
@@ -163,6 +164,7 @@ class _DaskBackend:
 
         self.client = Client(address, timeout="30s")
         self.retries = retries
+        self.capacity = 1_000_000  # the scheduler queues and balances
 
     def submit(self, task):
         return self.client.submit(
@@ -271,15 +273,19 @@ def run_participants(
         else _LocalBackend(nprocs or config.run.nprocs)
     )
     pending = {t.key: t for t in tasks}
-    attempts = dict.fromkeys(pending, 0)
+    by_key = dict(pending)
+    attempts = dict.fromkeys(pending, 0)  # worker losses while the task ran alone
+    suspects: set[str] = set()  # lost with a worker while others ran: rerun each alone
     finished: dict[str, str] = {}
     running: dict = {}
     progress = _Progress(len(tasks))
+    capacity = backend.capacity
 
     def ready(task):
         # a requirement that is neither pending nor running is finished or was up to date
         keys = [f"sub-{task.subject}:{req}" for req in task.stage.requires]
-        return not any(k in pending or k in running.values() for k in keys)
+        active = {entry[0] for entry in running.values()}
+        return not any(k in pending or k in active for k in keys)
 
     def blocked(task):
         return [
@@ -294,29 +300,42 @@ def run_participants(
         ].append(result)
         progress.update(result)
 
+    def submit(key):
+        # "alone" stays true only if nothing else ran beside the task
+        for entry in running.values():
+            entry[1] = False
+        running[backend.submit(pending.pop(key))] = [key, not running]
+
     try:
         while pending or running:
             for key, task in list(pending.items()):
-                if key in running.values():
-                    continue
                 why = blocked(task)
                 if why:
                     del pending[key]
                     finish(TaskResult(task.subject, task.stage.name, "failed", 0.0,
                                       f"not run because its {why[0]!r} stage did not complete"))
-                elif ready(task):
-                    attempts[key] += 1
-                    running[backend.submit(task)] = key
-                    del pending[key]
+            isolated = [k for k in pending if k in suspects and ready(pending[k])]
+            if isolated:
+                # a task that was running when a worker died is retried alone, so that
+                # the task that kills its worker is found and the others are not blamed
+                if not running:
+                    submit(isolated[0])
+            else:
+                for key in [k for k in pending if ready(pending[k])]:
+                    if len(running) >= capacity:
+                        break
+                    submit(key)
             if not running:
                 continue
-            for future in backend.wait(running):
-                key = running.pop(future)
+            for future in backend.wait(list(running)):
+                key, alone = running.pop(future)
                 result, lost = backend.outcome(future)
                 if lost:
-                    task = next(t for t in tasks if t.key == key)
-                    if attempts[key] <= retries:
+                    task = by_key[key]
+                    attempts[key] += alone
+                    if not alone or attempts[key] <= retries:
                         logger.warning("%s: worker lost; retrying", key)
+                        suspects.add(key)
                         pending[key] = task
                         continue
                     result = TaskResult(

@@ -1,0 +1,59 @@
+# brainage: `make demo` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# The CPU build of PyTorch; only used when no NVIDIA GPU is found and the CPU
+# wheel is not already reachable through pip's configured indexes.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+BIDS_VALIDATOR_VERSION ?= 1.14.15
+DEMO_DIR ?= brainage-demo
+
+.PHONY: install demo test test-all lint bench tools clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# PyTorch first, explicitly: the CUDA build where `nvidia-smi` sees a GPU, the
+# CPU build otherwise, so that resolving the package's `torch` requirement
+# never pulls the multi-GB CUDA wheels onto a machine without a GPU.
+$(VENV)/.torch-installed: | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "NVIDIA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+	  echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	  || $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+	fi
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The official BIDS validator (npm package), used by the test suite.
+.tools/node_modules/.bin/bids-validator:
+	npm install --silent --no-audit --no-fund --prefix .tools "bids-validator@$(BIDS_VALIDATOR_VERSION)"
+
+tools: .tools/node_modules/.bin/bids-validator
+
+demo: install
+	$(BIN)/brainage demo $(DEMO_DIR)
+
+test: install tools
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/python bench/run
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache $(DEMO_DIR)

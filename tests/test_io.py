@@ -1,0 +1,38 @@
+"""Atomic writes: a failure never leaves a half-written file under the final name."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainage.io import atomic_path, atomic_write_json, atomic_write_text, save_nifti
+
+
+def test_failure_leaves_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "out.tsv"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            assert tmp.name.endswith(".tsv") and tmp.parent == tmp_path
+            raise RuntimeError("killed")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv"]
+
+
+def test_json_and_new_folders(tmp_path):
+    path = atomic_write_json(tmp_path / "a" / "b.json", {"x": 1})
+    assert path.read_text() == '{\n  "x": 1\n}\n'
+
+
+def test_nifti_gz_is_deterministic_and_readable(tmp_path, img_3d):
+    a = save_nifti(img_3d, tmp_path / "a.nii.gz")
+    b = save_nifti(img_3d, tmp_path / "b.nii.gz")
+    assert a.read_bytes() == b.read_bytes()
+    assert gzip.decompress(a.read_bytes())[:4]  # really gzip
+    np.testing.assert_allclose(nib.load(a).get_fdata(), img_3d.get_fdata())
+    plain = save_nifti(img_3d, tmp_path / "c.nii")
+    np.testing.assert_allclose(nib.load(plain).get_fdata(), img_3d.get_fdata())
