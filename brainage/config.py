@@ -244,7 +244,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
 
 
 def config_to_dict(config: PipelineConfig) -> dict:
-    """The configuration as plain JSON-compatible data."""
+    """Return the configuration as plain JSON-compatible data."""
     return config.model_dump(mode="json")
 
 

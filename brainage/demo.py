@@ -57,7 +57,8 @@ def run_demo(out_dir, *, n_subjects: int = 40, seed: int = 0, nprocs: int = 2) -
         raise UsageError(f"--n-subjects must be at least 4 for the demo; got {n_subjects}")
     t0 = time.perf_counter()
     simulate_cohort(bids_dir, n_subjects=n_subjects, seed=seed, preset="demo")
-    lines.append(f"simulated cohort ({n_subjects} participants, {time.perf_counter() - t0:.0f} s): {bids_dir}")
+    seconds = time.perf_counter() - t0
+    lines.append(f"simulated cohort ({n_subjects} participants, {seconds:.0f} s): {bids_dir}")
     lines.append(f"  ground truth: {bids_dir / 'sourcedata' / 'brainage-truth'}")
 
     config = load_config("demo")

@@ -144,7 +144,7 @@ class _LocalBackend:
         return done
 
     def outcome(self, future):
-        """(result, lost): lost is True when the worker died under the task."""
+        """Return (result, lost); lost is True when the worker died under the task."""
         from concurrent.futures.process import BrokenProcessPool
 
         try:

@@ -1,5 +1,7 @@
-"""Participant-level stages: the registry, the context a stage runs in, and the
-worker-side execution of one participant × stage task.
+"""Participant-level stages: registry, stage context and worker-side execution.
+
+The registry names each stage's code; the context is what a stage function
+receives; :func:`execute_task` runs one participant × stage in a worker.
 
 A stage is a function ``run(ctx: StageContext) -> dict``. It reads its inputs
 from ``ctx.inputs`` (and, for a downstream stage, the final outputs of the
@@ -157,7 +159,7 @@ class StageContext:
         return out
 
     def final_path(self, **entities) -> Path:
-        """Final path of an output in OUTPUT_DIR (to read an upstream stage's result)."""
+        """Return the final path of an output in OUTPUT_DIR (to read an upstream stage's result)."""
         return derivative_path(self.output_dir, subject=self.subject, **entities)
 
     @contextlib.contextmanager
@@ -286,7 +288,7 @@ def execute_task(task: ParticipantTask) -> TaskResult:
                                      extension=".yaml"))
         summary = task.stage.load()(ctx) or {}
         status = "excluded" if summary.get("excluded") else "done"
-    except Exception as exc:  # noqa: BLE001 - every stage error is recorded, others go on
+    except Exception as exc:
         error = _describe_error(exc)
         ctx.logger.error("sub-%s %s failed: %s", task.subject, task.stage.name, exc)
     finally:
@@ -305,8 +307,9 @@ def execute_task(task: ParticipantTask) -> TaskResult:
         _commit(staging, output_dir, None)
         record["fingerprint"] = None  # a failed record is never up to date
     else:
-        record["outputs"] = _commit(staging, output_dir, previous) + [
-            rec_path.relative_to(output_dir).as_posix()
+        record["outputs"] = [
+            *_commit(staging, output_dir, previous),
+            rec_path.relative_to(output_dir).as_posix(),
         ]
     atomic_write_json(rec_path, record)
     shutil.rmtree(staging, ignore_errors=True)

@@ -47,7 +47,7 @@ def img_3d():
 
 @pytest.fixture
 def img_4d():
-    return make_image(SHAPE_3D + (10,))
+    return make_image((*SHAPE_3D, 10))
 
 
 def write_bids_dataset(root: Path, subjects: dict, *, participants=True, ages=None) -> Path:

@@ -1,0 +1,1 @@
+"""Interpret for brainage (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Reporting for brainage (see DESIGN.md)."""

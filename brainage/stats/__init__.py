@@ -1,0 +1,1 @@
+"""Stats for brainage (see DESIGN.md)."""
