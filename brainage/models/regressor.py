@@ -219,6 +219,16 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
                 scaled[m] = data.X[m]
         return MultiModalData(scaled)
 
+    def _select_modalities(self, X: Mapping) -> Mapping:
+        return X
+
+    def _check_n_modalities(self, modalities: list) -> None:
+        if len(modalities) < 2:
+            raise UsageError(
+                f"PIDRegressor needs two or more modalities, got {modalities}; "
+                "use brainage.models.baselines.BaselineRegressor(kind='unimodal') for one."
+            )
+
     # -------------------------------------------------------------------- fit
     def fit(self, X: Mapping, y) -> PIDRegressor:
         """Train PIDReg on the modalities in ``X`` and the target ``y``.
@@ -238,12 +248,9 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
         from brainage.training.trainer import pid_target, resolve_device, train_model
 
         config = self._make_config()
+        X = self._select_modalities(X)
         raw = MultiModalData(X)
-        if len(raw.modalities) < 2:
-            raise UsageError(
-                f"PIDRegressor needs two or more modalities, got {raw.modalities}; "
-                "use brainage.models.baselines.UnimodalRegressor for one."
-            )
+        self._check_n_modalities(raw.modalities)
         y = np.asarray(y, dtype=float).reshape(-1)
         if len(y) != raw.n:
             raise UsageError(

@@ -303,6 +303,12 @@ def train_model(
                 opt_theta.step()
             losses.append(float(loss.detach()))
 
+        if world > 1:
+            # Batch-norm statistics and the latent means were updated from each rank's
+            # own shard: take rank 0's so every rank holds the same model.
+            with torch.no_grad():
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
         entry = {
             "epoch": epoch,
             "stage": stage,

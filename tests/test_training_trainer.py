@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from brainage.models.encoders import MLPEncoder
+from brainage.models.pidreg import PIDReg
+from brainage.models.presets import get_preset
+from brainage.simulate.tabular import make_pid_dataset
+from brainage.training.datasets import MultiModalData, batch_indices
+from brainage.training.trainer import pid_target, train_model
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def test_batch_indices_reproducible_sharded_and_complete():
+    idx = np.arange(103)
+    a = batch_indices(idx, 16, shuffle=True, seed=1, epoch=0)
+    b = batch_indices(idx, 16, shuffle=True, seed=1, epoch=0)
+    c = batch_indices(idx, 16, shuffle=True, seed=1, epoch=1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(c))
+    # evaluation keeps every sample in order
+    ev = np.concatenate(batch_indices(idx, 16, shuffle=False, seed=0, epoch=0))
+    np.testing.assert_array_equal(ev, idx)
+    # two ranks: disjoint halves (up to padding) covering everything
+    r0 = np.concatenate(batch_indices(idx, 16, shuffle=True, seed=1, epoch=0, rank=0,
+                                      world_size=2))
+    r1 = np.concatenate(batch_indices(idx, 16, shuffle=True, seed=1, epoch=0, rank=1,
+                                      world_size=2))
+    assert len(r0) == len(r1) == 52
+    assert set(r0) | set(r1) == set(idx)
+    # a shuffled last batch of one sample is dropped (batch norm cannot train on it)
+    assert min(len(x) for x in batch_indices(np.arange(17), 16, shuffle=True, seed=0,
+                                             epoch=0)) == 16
+
+
+def test_pid_target_transforms():
+    y = np.random.default_rng(0).exponential(size=500)
+    g = pid_target(y, "int")
+    assert abs(np.mean(g)) < 0.01 and abs(np.std(g) - 1) < 0.05
+    blend = pid_target(y, "blend")
+    z = np.clip((y - y.mean()) / y.std(), -3, 3)
+    np.testing.assert_allclose(blend, 0.6 * g + 0.4 * z)
+    with pytest.raises(ValueError, match="choose 'int' or 'blend'"):
+        pid_target(y, "rank")
+
+
+def _setup(n=300, d=3, **cfg):
+    data_ = make_pid_dataset("redundancy", n, n_features=6, seed=0)
+    data = MultiModalData(data_.X)
+    y_std = (data_.y - data_.y.mean()) / data_.y.std()
+    torch.manual_seed(0)
+    net = PIDReg({m: MLPEncoder(6, out_dim=d, hidden=(8,), dropout=0.0) for m in data.modalities},
+                 latent_dim=d, hidden=(8,), dropout=(0.0,))
+    cfg = {"batch_size": 64, **cfg}
+    config = get_preset("default", latent_dim=d, hidden=(8,), dropout=(0.0,), **cfg)
+    idx = np.arange(n)
+    return net, data, y_std, pid_target(data_.y), idx[: n - 60], idx[n - 60 :], config
+
+
+def test_two_stage_freeze_rule_and_frozen_weights():
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=14, freeze_tol=10.0,
+                                                  early_stopping_patience=100)
+    res = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    # window of 5 epochs full after epoch 4; 5 stable epochs (4..8) -> stage 2 from epoch 9
+    assert res.stage2_epoch == 9
+    stages = [e["stage"] for e in res.history]
+    assert stages == [1] * 9 + [2] * 5
+    assert all("atoms" in e for e in res.history[:9])
+    assert not any("atoms" in e for e in res.history[9:])
+    frozen = [e["weights"] for e in res.history[8:]]
+    assert all(w == frozen[0] for w in frozen)
+
+
+def test_never_frozen_when_atoms_keep_moving():
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=8, freeze_tol=0.0)
+    res = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    assert res.stage2_epoch is None
+    assert all(e["stage"] == 1 for e in res.history)
+    weights = [tuple(e["weights"].values()) for e in res.history]
+    assert len(set(weights)) > 1  # the weights follow the atoms
+
+
+def test_batch_scope_pid_without_bias_correction_is_larger():
+    kw = dict(max_epochs=3, lambda_cs=0.0, lambda_cmi=0.0, lambda_norm=0.0)
+    net, data, y_std, y_pid, tr, va, cfg = _setup(**kw, pid_scope="batch",
+                                                  pid_bias_correction=False, batch_size=32)
+    r_batch = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    net, data, y_std, y_pid, tr, va, cfg = _setup(**kw)
+    r_win = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    # same network and data; small uncorrected batches inflate the synergy atom
+    assert r_batch.history[0]["atoms"]["m1|m2"]["S"] > r_win.history[0]["atoms"]["m1|m2"]["S"]
+
+
+def test_early_stopping_restores_best_weights():
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=60, early_stopping_patience=3,
+                                                  lr=3e-2)
+    rng = np.random.default_rng(0)
+    y_noise = rng.normal(size=len(y_std))  # nothing to learn: validation loss soon rises
+    res = train_model(net, data, y_noise, tr, va, cfg, y_pid=y_pid, device="cpu")
+    val = [e["val_loss"] for e in res.history]
+    assert len(val) < 60
+    assert res.best_epoch == int(np.argmin(val))
+    assert len(val) == res.best_epoch + 1 + 3
+    from brainage.training.trainer import _evaluate
+
+    restored = _evaluate(net, data, va, y_noise, cfg, torch.device("cpu"),
+                         lambda: torch.autocast("cpu", enabled=False))
+    assert restored == pytest.approx(min(val), rel=1e-5)
+
+
+def test_requires_pid_target():
+    net, data, y_std, _, tr, va, cfg = _setup(max_epochs=1)
+    with pytest.raises(ValueError, match="needs y_pid"):
+        train_model(net, data, y_std, tr, va, cfg, device="cpu")
