@@ -258,7 +258,7 @@ def _validate_samples(y, z1, z2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _correlation(cov: np.ndarray, what: str = "cov") -> np.ndarray:
-    """Normalise a covariance to a correlation matrix and check it is positive definite."""
+    """Normalise a covariance to a correlation matrix (checks for zero variances)."""
     var = np.diag(cov)
     if np.any(var <= 0):
         idx = np.flatnonzero(var <= 0).tolist()
@@ -268,41 +268,57 @@ def _correlation(cov: np.ndarray, what: str = "cov") -> np.ndarray:
         )
     scale = 1.0 / np.sqrt(var)
     corr = cov * scale[:, None] * scale[None, :]
-    corr = 0.5 * (corr + corr.T)
-    eig = np.linalg.eigvalsh(corr)
-    if eig[0] <= _SINGULAR_RTOL * eig[-1]:
-        raise ValueError(
-            f"singular covariance: the smallest eigenvalue of the correlation matrix of "
-            f"[y, z1, z2] is {eig[0]:.3g} (largest {eig[-1]:.3g}); some columns are (nearly) "
-            "linear combinations of others. Remove redundant columns or use more samples."
-        )
-    return corr
+    return 0.5 * (corr + corr.T)
 
 
-def _mi_scalar_bits(corr: np.ndarray, idx: np.ndarray) -> float:
-    """I(y; Z_idx) in bits from a correlation matrix with y at index 0."""
-    r = corr[0, idx]
-    czz = corr[np.ix_(idx, idx)]
-    c, low = linalg.cho_factor(czz, lower=True, check_finite=False)
-    r2 = float(r @ linalg.cho_solve((c, low), r, check_finite=False))
-    # 1 - r2 is the conditional variance of the standardised y.
-    resid = 1.0 - r2
-    if resid <= 0:
+def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a correlation matrix, refusing (nearly) singular ones.
+
+    The squared diagonal of the factor holds the conditional variance of each
+    variable given the ones before it (in correlation units); a value below
+    ``_SINGULAR_RTOL`` means that variable is (nearly) a linear combination of
+    the others.
+    """
+    singular_msg = (
+        "singular covariance: some columns of [y, z1, z2] are (nearly) linear combinations "
+        "of others (e.g. duplicated or collapsed latent dimensions, or y predicted exactly). "
+        "Remove redundant columns or use more samples."
+    )
+    try:
+        chol = linalg.cholesky(corr, lower=True, check_finite=False)
+    except linalg.LinAlgError as err:
+        raise ValueError(singular_msg) from err
+    cond_var = np.diag(chol) ** 2
+    if cond_var.min() <= _SINGULAR_RTOL:
         raise ValueError(
-            "singular covariance: y is a linear function of the sources "
-            f"(explained variance {r2:.12g}); the mutual information is infinite."
+            f"{singular_msg} (smallest conditional variance {cond_var.min():.3g} at index "
+            f"{int(np.argmin(cond_var))} of the reordered matrix)"
         )
-    return -0.5 * math.log(resid) / _LN2
+    return chol
 
 
 def _mis_from_corr(corr: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
-    i1 = np.arange(1, 1 + d1)
-    i2 = np.arange(1 + d1, 1 + d1 + d2)
-    i12 = np.arange(1, 1 + d1 + d2)
+    """I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from a correlation matrix, y at index 0.
+
+    With the variables ordered ``[Z_a, Z_b, y]`` and ``L`` the Cholesky factor,
+    the last row of ``L`` has squared norm 1 (the variance of y); its first
+    ``d_a`` entries square-sum to the variance of y explained by ``Z_a``, so the
+    residual variance given ``Z_a`` is the square-sum of the remaining entries,
+    and ``L[-1, -1]^2`` is the residual variance given both sources.
+    """
+    i1 = list(range(1, 1 + d1))
+    i2 = list(range(1 + d1, 1 + d1 + d2))
+    order_a = [*i1, *i2, 0]
+    order_b = [*i2, *i1, 0]
+    la = _cholesky_checked(corr[np.ix_(order_a, order_a)])
+    lb = _cholesky_checked(corr[np.ix_(order_b, order_b)])
+    resid12 = la[-1, -1] ** 2
+    resid1 = float(np.sum(la[-1, d1:] ** 2))
+    resid2 = float(np.sum(lb[-1, d2:] ** 2))
     return (
-        _mi_scalar_bits(corr, i1),
-        _mi_scalar_bits(corr, i2),
-        _mi_scalar_bits(corr, i12),
+        -0.5 * math.log(resid1) / _LN2,
+        -0.5 * math.log(resid2) / _LN2,
+        -0.5 * math.log(resid12) / _LN2,
     )
 
 
@@ -656,6 +672,7 @@ def gaussian_pid_general(
     arr = _check_cov(cov, d1, d2, dy)
     # Scale-invariant: work on the correlation matrix (also checks definiteness).
     corr = _correlation(arr)
+    _cholesky_checked(corr)
     h1, h2 = _whitened_channels(corr, dy, d1, d2)
     eye_y = np.eye(dy)
 
