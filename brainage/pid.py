@@ -218,9 +218,7 @@ def _as_2d(name: str, x, n_expected: int | None = None) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
-        raise ValueError(
-            f"{name}: expected an array of shape (n,) or (n, d), got shape {arr.shape}."
-        )
+        raise ValueError(f"{name}: expected an array of shape (n,) or (n, d), got shape {arr.shape}.")
     if n_expected is not None and arr.shape[0] != n_expected:
         raise ValueError(
             f"{name}: expected {n_expected} rows (one per sample, as in y), got {arr.shape[0]}. "
@@ -416,8 +414,7 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     if n is not None:
         if int(n) <= 1 + int(d1) + int(d2):
             raise ValueError(
-                f"too few samples for a Gaussian PID: n={n}, need n > 1 + d1 + d2 = "
-                f"{1 + int(d1) + int(d2)}."
+                f"too few samples for a Gaussian PID: n={n}, need n > 1 + d1 + d2 = {1 + int(d1) + int(d2)}."
             )
         bias = _bias_terms(int(n), int(d1), int(d2))
     i1, i2, i12 = _corrected_mis(mis, bias)
@@ -529,9 +526,7 @@ def gaussian_pid(
             except (ValueError, linalg.LinAlgError):
                 skipped += 1
         if skipped:
-            logger.info(
-                "gaussian_pid: skipped %d of %d singular bootstrap resamples", skipped, int(n_boot)
-            )
+            logger.info("gaussian_pid: skipped %d of %d singular bootstrap resamples", skipped, int(n_boot))
         if len(draws) < max(2, int(n_boot) // 2):
             raise ValueError(
                 f"bootstrap failed: {skipped} of {n_boot} resamples had a singular covariance "

@@ -22,9 +22,7 @@ def make_batch(n=256, d1=8, d2=6, seed=0, dtype=torch.float64):
 
 
 def numpy_pid(y, z1, z2, **kw):
-    return gaussian_pid(
-        y.double().numpy(), z1.detach().double().numpy(), z2.double().numpy(), **kw
-    ).as_dict()
+    return gaussian_pid(y.double().numpy(), z1.detach().double().numpy(), z2.double().numpy(), **kw).as_dict()
 
 
 @pytest.mark.parametrize("bias_correction", [True, False], ids=["corrected", "raw"])

@@ -163,9 +163,7 @@ def gaussian_pid_torch(
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y: expected a torch.Tensor, got {type(y).__name__}.")
     if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
-        raise ValueError(
-            f"y: expected a scalar target of shape (n,) or (n, 1), got {tuple(y.shape)}."
-        )
+        raise ValueError(f"y: expected a scalar target of shape (n,) or (n, 1), got {tuple(y.shape)}.")
     n = y.shape[0]
     y2 = _check_2d("y", y, n)
     z1 = _check_2d("z1", z1, n)
