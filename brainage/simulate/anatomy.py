@@ -1,0 +1,557 @@
+"""Template anatomy, individual anatomy, structural aging and the T1w image.
+
+Everything is first built on a *model grid* aligned with the MNI ICBM152 2009a
+template that nilearn ships (the template grid, padded a little); a participant
+is then imaged by pulling each native voxel back to the model grid through the
+true native→MNI map
+
+    m = Φ(x) = g + u(g),   g = (P⁻¹ x) / s
+
+with ``P`` the rigid head pose (native scanner mm ← head mm), ``s`` the head
+size factor and ``u`` a smooth displacement field given by cubic B-spline
+interpolation of a coarse grid of control vectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..exceptions import NotAvailableError, ProcessingError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Templates",
+    "load_templates",
+    "make_grid",
+    "rigid_matrix",
+]
+
+#: Template-space name of every MNI output (the grid of nilearn's templates).
+SPACE = "MNI152NLin2009aSym"
+#: Padding of the model grid around the template grid (mm).
+PAD_MM = 8.0
+
+# Head layers outside the brain envelope: distance (mm) -> T1 intensity relative
+# to white matter (CSF rim, inner table, diploe, outer table, scalp, air).
+_HEAD_T1_D = (0.0, 2.5, 3.0, 4.5, 5.0, 7.5, 8.0, 9.5, 10.0, 15.0, 16.0)
+_HEAD_T1_I = (0.25, 0.25, 0.07, 0.07, 0.35, 0.35, 0.07, 0.07, 0.78, 0.78, 0.0)
+# The same layers in a T2*-weighted EPI (relative to CSF).
+_HEAD_EPI_I = (1.0, 1.0, 0.05, 0.05, 0.1, 0.1, 0.05, 0.05, 0.3, 0.3, 0.0)
+
+
+def rigid_matrix(rotation, translation, center=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 rigid transform: rotate about ``center`` (radians, R = Rz·Ry·Rx), then translate.
+
+    Parameters
+    ----------
+    rotation : sequence of 3 float
+        Rotations about x, y, z in radians.
+    translation : sequence of 3 float
+        Translation in mm.
+    center : sequence of 3 float
+        Centre of rotation in mm.
+
+    Returns
+    -------
+    numpy.ndarray of shape (4, 4)
+
+    Examples
+    --------
+    >>> np.round(rigid_matrix([0, 0, np.pi / 2], [1, 0, 0]) @ [1, 0, 0, 1], 6).tolist()
+    [1.0, 1.0, 0.0, 1.0]
+    """
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_euler("xyz", np.asarray(rotation, float)).as_matrix()
+    center = np.asarray(center, float)
+    out = np.eye(4)
+    out[:3, :3] = rot
+    out[:3, 3] = center - rot @ center + np.asarray(translation, float)
+    return out
+
+
+def make_grid(fov_mm, voxel_size: float):
+    """Shape and RAS affine of a native grid centred on the scanner origin.
+
+    Parameters
+    ----------
+    fov_mm : sequence of 3 float
+        Field of view (mm).
+    voxel_size : float
+        Isotropic voxel size (mm).
+
+    Returns
+    -------
+    shape : tuple of int
+    affine : numpy.ndarray of shape (4, 4)
+    """
+    shape = tuple(max(4, round(float(f) / voxel_size)) for f in fov_mm)
+    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2.0 * voxel_size
+    return shape, affine
+
+
+@dataclass
+class Templates:
+    """Cohort-level anatomy on one model grid (all arrays float32 unless noted).
+
+    Attributes
+    ----------
+    affine : numpy.ndarray
+        Voxel → MNI mm.
+    gm, wm, csf : numpy.ndarray
+        Template tissue probabilities (sum to ``mask``).
+    mask : numpy.ndarray
+        Brain mask (0/1).
+    head_distance : numpy.ndarray
+        Distance (mm) outside the smoothed brain envelope (0 inside).
+    ventricles : numpy.ndarray
+        Lateral-ventricle mask (0/1).
+    ventricle_distance : numpy.ndarray
+        Distance (mm) to the lateral ventricles.
+    weights : numpy.ndarray
+        Regional weight of grey-matter loss (smooth, 1 in most of the brain).
+    labels : numpy.ndarray
+        Atlas labels (int32, 0 outside).
+    label_table : pandas.DataFrame
+        The atlas label table (index, name, hemisphere, lobe, network).
+    """
+
+    affine: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    mask: np.ndarray
+    head_distance: np.ndarray
+    ventricles: np.ndarray
+    ventricle_distance: np.ndarray
+    weights: np.ndarray
+    labels: np.ndarray
+    label_table: object
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of the model grid."""
+        return self.gm.shape
+
+    @property
+    def voxel_size(self) -> float:
+        """Voxel size of the model grid (mm)."""
+        return float(self.affine[0, 0])
+
+
+def load_atlas(atlas_id: str):
+    """Load an atlas from the project's registry (``brainage.atlases``).
+
+    Parameters
+    ----------
+    atlas_id : str
+        Atlas id, e.g. ``"HarvardOxford"``.
+
+    Returns
+    -------
+    Atlas
+        With ``.image`` (nibabel, MNI) and ``.labels`` (DataFrame).
+
+    Raises
+    ------
+    NotAvailableError
+        If the atlas registry is not installed.
+    """
+    try:
+        from .. import atlases
+    except ImportError:
+        raise NotAvailableError(
+            "the simulator needs the atlas registry brainage.atlases for its regional age "
+            "effects and parcel time series; it is missing from this installation"
+        ) from None
+    return atlases.load_atlas(atlas_id)
+
+
+def _name_mask(table, column: str, pattern: str) -> np.ndarray:
+    if column not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    return table[column].astype(str).str.contains(pattern, case=False, regex=True).to_numpy()
+
+
+def region_kind_indices(table) -> dict:
+    """Atlas label values of the region kinds the simulator treats specially.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Atlas label table with ``index, name`` and optionally ``lobe``.
+
+    Returns
+    -------
+    dict
+        ``frontal, insula, hippocampus, ventricles, excluded`` → arrays of
+        label values (``excluded``: labels that carry no neural signal).
+    """
+    idx = table["index"].to_numpy()
+    hippo = _name_mask(table, "name", r"(?<!para)hippocamp")
+    vent = _name_mask(table, "name", r"ventric")
+    return {
+        "frontal": idx[_name_mask(table, "lobe", r"^frontal") & ~vent],
+        "insula": idx[_name_mask(table, "name", r"insula")],
+        "hippocampus": idx[hippo],
+        "ventricles": idx[vent],
+        "excluded": idx[
+            vent
+            | _name_mask(table, "name", r"white.?matter|brain.?stem|cerebral.?cortex")
+            | _name_mask(table, "lobe", r"^(?:ventricle|brainstem|white)")
+        ],
+    }
+
+
+def _resample(img, affine, shape, order: int):
+    """Resample a nibabel image onto a grid (nilearn, no warnings)."""
+    from nilearn.image import resample_img
+
+    out = resample_img(
+        img,
+        target_affine=affine,
+        target_shape=shape,
+        interpolation="linear" if order else "nearest",
+        force_resample=True,
+        copy_header=True,
+    )
+    return np.asarray(out.dataobj, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) -> Templates:
+    """Build the cohort-level anatomy on a model grid of ``resolution`` mm.
+
+    Parameters
+    ----------
+    resolution : float
+        Voxel size of the model grid (mm).
+    atlas_id : str
+        Atlas for regional weights, ventricles and parcels.
+    regional_weights : tuple of (str, float)
+        Grey-matter loss multipliers per region kind.
+
+    Returns
+    -------
+    Templates
+    """
+    from nilearn import datasets
+    from scipy import ndimage
+
+    t1 = datasets.load_mni152_template(resolution=1)
+    gm_img = datasets.load_mni152_gm_template(resolution=1)
+    wm_img = datasets.load_mni152_wm_template(resolution=1)
+    base = t1.affine
+    lo = base[:3, 3] - PAD_MM
+    hi = base[:3, 3] + (np.asarray(t1.shape) - 1) * np.diag(base)[:3] + PAD_MM
+    shape = tuple(int(np.floor((h - l) / resolution)) + 1 for l, h in zip(lo, hi))
+    affine = np.diag([resolution, resolution, resolution, 1.0])
+    affine[:3, 3] = lo
+    t1a = _resample(t1, affine, shape, 1)
+    gm = np.clip(_resample(gm_img, affine, shape, 1), 0, 1)
+    wm = np.clip(_resample(wm_img, affine, shape, 1), 0, 1)
+    mask = ndimage.binary_fill_holes((t1a > 0.05) | (gm + wm > 0.5))
+    mask = ndimage.binary_opening(mask, iterations=1).astype(np.float32)
+    gm *= mask
+    wm = np.minimum(wm * mask, 1.0 - gm)
+    csf = np.clip(mask - gm - wm, 0.0, 1.0)
+    envelope = ndimage.gaussian_filter(mask, 4.0 / resolution) > 0.3
+    envelope |= mask > 0
+    head_distance = ndimage.distance_transform_edt(~envelope, sampling=resolution)
+
+    atlas = load_atlas(atlas_id)
+    table = atlas.labels.reset_index(drop=True)
+    labels = _resample(atlas.image, affine, shape, 0).astype(np.int32)
+    kinds = region_kind_indices(table)
+    ventricles = np.isin(labels, kinds["ventricles"]) & (csf > 0.3)
+    if ventricles.sum() < 10:
+        raise ProcessingError(
+            f"atlas {atlas_id!r} has no lateral-ventricle labels the simulator can use; "
+            "pick an atlas with subcortical labels such as HarvardOxford"
+        )
+    ventricle_distance = ndimage.distance_transform_edt(~ventricles, sampling=resolution)
+    weights = np.ones(shape, np.float32)
+    for kind, weight in regional_weights:
+        if kind not in kinds:
+            raise ProcessingError(
+                f"unknown region kind {kind!r} in regional_weights; use frontal, insula, hippocampus"
+            )
+        weights[np.isin(labels, kinds[kind])] = weight
+    weights = ndimage.gaussian_filter(weights, 3.0 / resolution).astype(np.float32)
+    logger.debug("model grid %s at %.2f mm", shape, resolution)
+    return Templates(
+        affine=affine,
+        gm=gm.astype(np.float32),
+        wm=wm.astype(np.float32),
+        csf=csf.astype(np.float32),
+        mask=mask,
+        head_distance=head_distance.astype(np.float32),
+        ventricles=ventricles.astype(np.float32),
+        ventricle_distance=ventricle_distance.astype(np.float32),
+        weights=weights,
+        labels=labels,
+        label_table=table,
+    )
+
+
+# --------------------------------------------------------------------------- individual anatomy
+@dataclass
+class Deformation:
+    """Smooth displacement field from coarse control vectors (cubic B-spline).
+
+    Attributes
+    ----------
+    coefficients : numpy.ndarray of shape (4, nx, ny, nz)
+        Control values: three displacement components (mm) and one smooth
+        grey-matter thickness modulation (unitless, standard normal scale).
+    affine : numpy.ndarray
+        Control-grid voxel → MNI mm.
+    """
+
+    coefficients: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self):
+        from scipy import ndimage
+
+        self._filtered = np.stack(
+            [ndimage.spline_filter(c, order=3, mode="nearest") for c in self.coefficients]
+        )
+        self._inv = np.linalg.inv(self.affine)
+
+    def evaluate(self, points: np.ndarray, components=(0, 1, 2)) -> np.ndarray:
+        """Evaluate components at MNI points of shape (N, 3); returns (len(components), N)."""
+        from scipy import ndimage
+
+        idx = points @ self._inv[:3, :3].T + self._inv[:3, 3]
+        return np.stack(
+            [
+                ndimage.map_coordinates(
+                    self._filtered[c], idx.T, order=3, mode="nearest", prefilter=False
+                )
+                for c in components
+            ]
+        )
+
+
+    def dense(self, shape, affine, step_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+        """Displacement (3, *shape) and modulation (*shape) at every point of a grid.
+
+        The spline is evaluated exactly on a ``step_mm`` grid and interpolated
+        trilinearly in between (the field varies on a scale of centimetres).
+        """
+        from scipy import ndimage
+
+        vox = float(affine[0, 0])
+        stride = max(1, round(step_mm / vox))
+        coarse_shape = tuple((n - 1) // stride + 2 for n in shape)
+        coarse_affine = affine.copy()
+        coarse_affine[:3, :3] *= stride
+        points = voxel_points(coarse_shape, coarse_affine)
+        coarse = self.evaluate(points, components=(0, 1, 2, 3)).reshape(4, *coarse_shape)
+        idx = np.indices(shape, dtype=np.float32) / stride
+        dense = np.stack([
+            ndimage.map_coordinates(c.astype(np.float32), idx, order=1, mode="nearest")
+            for c in coarse
+        ])
+        return dense[:3], dense[3]
+
+
+def warp(volume: np.ndarray, tpl: Templates, displacement: np.ndarray, order: int = 1):
+    """Pull an MNI-space volume into head space: ``W(g) = volume(g + u(g))`` on the same grid."""
+    from scipy import ndimage
+
+    idx = np.indices(tpl.shape, dtype=np.float32)
+    idx += displacement / tpl.voxel_size
+    return ndimage.map_coordinates(volume, idx, order=order, mode="constant", cval=0.0)
+
+
+def native_sample(head: np.ndarray, tpl: Templates, native_affine: np.ndarray, native_shape,
+                  pose: np.ndarray, scale: float, order: int = 1, cval: float = 0.0):
+    """Image a head-space volume on a native grid: ``x → g = P⁻¹ x / s`` (affine only)."""
+    from scipy import ndimage
+
+    mat = np.linalg.inv(tpl.affine) @ np.diag([1 / scale] * 3 + [1.0]) @ np.linalg.inv(pose) \
+        @ native_affine
+    return ndimage.affine_transform(head, mat[:3, :3], offset=mat[:3, 3],
+                                    output_shape=tuple(native_shape), order=order,
+                                    mode="constant", cval=cval)
+
+
+def draw_deformation(rng, sd_mm: float, spacing_mm: float) -> Deformation:
+    """Draw an individual smooth deformation on a control grid covering the head."""
+    from scipy import ndimage
+
+    lo = np.array([-130.0, -166.0, -104.0])
+    hi = np.array([130.0, 130.0, 148.0])
+    shape = tuple(int(x) for x in np.ceil((hi - lo) / spacing_mm) + 1)
+    raw = rng.standard_normal((4, *shape))
+    smooth = np.stack([ndimage.gaussian_filter(c, 1.0, mode="nearest") for c in raw])
+    smooth /= smooth.reshape(4, -1).std(axis=1)[:, None, None, None]
+    smooth[:3] *= sd_mm
+    affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+    affine[:3, 3] = lo
+    return Deformation(coefficients=smooth.astype(np.float64), affine=affine)
+
+
+def native_to_mni(points: np.ndarray, pose: np.ndarray, scale: float, deformation) -> np.ndarray:
+    """Apply the true native→MNI map to native points of shape (N, 3).
+
+    Parameters
+    ----------
+    points : numpy.ndarray of shape (N, 3)
+        Native scanner coordinates (mm).
+    pose : numpy.ndarray of shape (4, 4)
+        Head pose ``P`` (native ← head).
+    scale : float
+        Head size factor ``s``.
+    deformation : Deformation
+        Individual displacement ``u``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (N, 3)
+        MNI coordinates ``g + u(g)`` with ``g = P⁻¹ x / s``.
+    """
+    inv = np.linalg.inv(pose)
+    g = (points @ inv[:3, :3].T + inv[:3, 3]) / scale
+    return g + deformation.evaluate(g).T
+
+
+def voxel_points(shape, affine, z_slice=slice(None)) -> np.ndarray:
+    """World coordinates (N, 3) of the voxels of a grid (optionally a z slab)."""
+    ii, jj, kk = np.meshgrid(
+        np.arange(shape[0]), np.arange(shape[1]), np.arange(shape[2])[z_slice], indexing="ij"
+    )
+    ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1).astype(np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, order: int = 1,
+           cval: float = 0.0) -> np.ndarray:
+    """Sample a model-grid volume at MNI points (N, 3)."""
+    from scipy import ndimage
+
+    inv = np.linalg.inv(affine)
+    idx = points @ inv[:3, :3].T + inv[:3, 3]
+    return ndimage.map_coordinates(volume, idx.T, order=order, mode="constant", cval=cval)
+
+
+# --------------------------------------------------------------------------- structural aging
+def aged_tissues(tpl: Templates, structural_age: float, params, modulation) -> dict:
+    """Tissue probabilities of one participant in MNI space.
+
+    Grey matter is lost in proportion to the structural age above
+    ``age_reference`` with regional weights; lost grey matter becomes (sulcal)
+    CSF. The lateral ventricles grow outwards by
+    ``ventricle_growth_mm_per_year`` per year, turning the tissue they reach
+    into CSF. An age-independent smooth modulation (±6 %) of grey matter adds
+    individual anatomy.
+
+    Parameters
+    ----------
+    tpl : Templates
+    structural_age : float
+        Latent structural age (years).
+    params : SimulationParams
+    modulation : numpy.ndarray
+        Individual smooth grey-matter modulation on the model grid (from
+        :meth:`Deformation.dense`).
+
+    Returns
+    -------
+    dict
+        ``gm, wm, csf, ventricles`` arrays on the model grid.
+    """
+    years = max(0.0, structural_age - params.age_reference)
+    gm = tpl.gm * (1.0 + 0.06 * np.clip(modulation, -2.5, 2.5)).astype(np.float32)
+    gm = np.minimum(gm, tpl.mask - tpl.wm)
+    loss = np.clip(params.gm_loss_per_year * years * tpl.weights, 0.0, 0.7)
+    gm_aged = gm * (1.0 - loss)
+    growth = params.ventricle_growth_mm_per_year * years
+    shell = np.clip(growth - tpl.ventricle_distance + 0.5, 0.0, 1.0) * tpl.mask
+    shell *= 1.0 - tpl.ventricles
+    gm_out = gm_aged * (1.0 - shell)
+    wm_out = tpl.wm * (1.0 - shell)
+    csf_out = np.clip(tpl.mask - gm_out - wm_out, 0.0, 1.0)
+    ventricles = np.maximum(tpl.ventricles * csf_out, shell)
+    return {
+        "gm": gm_out.astype(np.float32),
+        "wm": wm_out.astype(np.float32),
+        "csf": csf_out.astype(np.float32),
+        "ventricles": ventricles.astype(np.float32),
+    }
+
+
+def t1_intensity(tpl: Templates, tissues: dict, gm_contrast: float) -> np.ndarray:
+    """T1w intensity (relative to white matter) of a head in MNI space."""
+    brain = tissues["gm"] * gm_contrast + tissues["wm"] * 1.0 + tissues["csf"] * 0.25
+    head = np.interp(tpl.head_distance, _HEAD_T1_D, _HEAD_T1_I).astype(np.float32)
+    return np.where(tpl.mask > 0, brain, head).astype(np.float32)
+
+
+def epi_intensity(tpl: Templates, tissues: dict) -> np.ndarray:
+    """T2*-weighted EPI baseline (relative to CSF) of a head in MNI space."""
+    brain = tissues["gm"] * 0.72 + tissues["wm"] * 0.55 + tissues["csf"] * 1.0
+    head = np.interp(tpl.head_distance, _HEAD_T1_D, _HEAD_EPI_I).astype(np.float32)
+    return np.where(tpl.mask > 0, brain, head).astype(np.float32)
+
+
+def bias_field(coords, coefficients: np.ndarray, strength: float,
+               radius: float = 120.0) -> np.ndarray:
+    """Smooth multiplicative bias field ``exp(strength · p(x / radius))`` (quadratic p).
+
+    ``coords`` are three broadcastable arrays of scanner x, y, z (mm).
+    """
+    x, y, z = (c / radius for c in coords)
+    terms = (x, y, z, x * y, x * z, y * z, x * x - 0.33, y * y - 0.33, z * z - 0.33)
+    poly = sum(c * t for c, t in zip(coefficients, terms))
+    return np.exp(strength * poly).astype(np.float32)
+
+
+def synthesize_t1(tpl: Templates, tissues: dict, *, shape, affine, pose, scale, displacement,
+                  gm_contrast, noise, gain, bias_strength, rng) -> np.ndarray:
+    """Image a participant's head on the native T1w grid.
+
+    Returns
+    -------
+    numpy.ndarray of int16
+        Intensities (white matter ≈ 700 · gain) with bias field and Rician noise.
+    """
+    head = warp(t1_intensity(tpl, tissues, gm_contrast), tpl, displacement)
+    value = native_sample(head, tpl, affine, shape, pose, scale) * (700.0 * gain)
+    coefs = rng.standard_normal(9)
+    coefs /= np.linalg.norm(coefs) / 1.5
+    axes = [affine[i, i] * np.arange(shape[i]) + affine[i, 3] for i in range(3)]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    value *= bias_field((x, y, z), coefs, bias_strength)
+    sigma = noise * 700.0 * gain
+    real = value + sigma * rng.standard_normal(value.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(value.shape, dtype=np.float32)
+    return np.clip(np.rint(np.sqrt(real * real + imag * imag)), 0, 32767).astype(np.int16)
+
+
+def native_volumes(tpl: Templates, tissues: dict, scale: float, displacement) -> dict:
+    """Compute the true tissue volumes (ml) and per-label GM volumes of the participant's own head.
+
+    The participant's head point ``h`` shows MNI point ``Φ(h)``; integrating a
+    map over the head is ``s³ ∫ map(g + u(g)) dg``, evaluated on the model grid.
+    """
+    vox_ml = tpl.voxel_size**3 * scale**3 / 1000.0
+    warped = {key: warp(tissues[key], tpl, displacement) for key in
+              ("gm", "wm", "csf", "ventricles")}
+    volumes = {k: float(v.sum(dtype=np.float64) * vox_ml) for k, v in warped.items()}
+    rim = np.interp(tpl.head_distance, (0.0, 2.5, 3.0), (1.0, 1.0, 0.0)) * (1.0 - tpl.mask)
+    volumes["rim_csf"] = float(warp(rim.astype(np.float32), tpl, displacement).sum() * vox_ml)
+    labels = warp(tpl.labels, tpl, displacement, order=0).astype(np.int64)
+    values = tpl.label_table["index"].to_numpy()
+    per_label = np.bincount(np.clip(labels, 0, None).ravel(), weights=warped["gm"].ravel(),
+                            minlength=int(values.max()) + 1)
+    volumes["labels"] = {int(v): float(per_label[v] * vox_ml) for v in values}
+    return volumes
