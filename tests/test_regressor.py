@@ -38,6 +38,10 @@ def test_fitted_attributes(fitted):
     assert fitted.modalities_ == ["m1", "m2"]
     assert set(fitted.pid_) == {"m1|m2"}
     assert set(fitted.pid_["m1|m2"]) == {"U1", "U2", "R", "S", "I1", "I2", "I12"}
+    assert set(fitted.pid_weights_atoms_["m1|m2"]) == set(fitted.pid_["m1|m2"])
+    # "unique" case: modality 1 carries far more information than modality 2
+    assert fitted.pid_["m1|m2"]["I1"] > fitted.pid_["m1|m2"]["I2"] + 0.3
+    assert fitted.pid_["m1|m2"]["U1"] > 0.3
     assert len(fitted.fusion_weights_history_) == fitted.n_epochs_ == len(fitted.history_)
     assert len(fitted.pid_history_) >= 1
     assert sum(fitted.fusion_weights_.values()) == pytest.approx(1.0, abs=1e-6)

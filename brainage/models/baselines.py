@@ -190,6 +190,9 @@ class BaselineRegressor(PIDRegressor):
     def _gaussianity(self, data, idx) -> dict:
         return {}
 
+    def _final_pid(self, data, idx, y_pid) -> dict:
+        return {}
+
     def pid_score(self, X, y, **kwargs):
         """Not available: baselines have no PID (raises)."""
         raise UsageError("Baselines have no PID; use PIDRegressor.pid_score.")

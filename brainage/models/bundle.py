@@ -138,6 +138,7 @@ def save_bundle(estimator, path) -> Path:
         "training_data": estimator.training_summary_,
         "pid": {
             "atoms": estimator.pid_,
+            "weights_atoms": estimator.pid_weights_atoms_,
             "fusion_weights": estimator.fusion_weights_,
             "bottleneck_lambdas": estimator.bottleneck_lambdas_,
             "stage2_epoch": estimator.stage2_epoch_,
@@ -268,6 +269,7 @@ def load_bundle(path):
                         for m in est.modalities_ if f"scaler.scale.{m}" in tensors}
     pid = meta.get("pid", {})
     est.pid_ = pid.get("atoms", {})
+    est.pid_weights_atoms_ = pid.get("weights_atoms", {})
     est.fusion_weights_ = model.fusion_weights_dict()
     est.bottleneck_lambdas_ = model.bottleneck_lambdas()
     est.stage2_epoch_ = pid.get("stage2_epoch")

@@ -96,9 +96,13 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
     model_ : PIDReg
         The trained network (eval mode).
     pid_ : dict
-        Windowed PID atoms in bits (``U1, U2, R, S, I1, I2, I12``) that set the
-        final fusion weights, keyed by modality pair ``"a|b"`` (U1/I1 refer to
-        ``a``).
+        PID atoms in bits (``U1, U2, R, S, I1, I2, I12``) of the fitted model: the
+        bias-corrected Gaussian PID of the Gaussianised training target and the
+        noise-free latents of the training participants, keyed by modality pair
+        ``"a|b"`` (U1/I1 refer to ``a``). In-sample; use :meth:`pid_score` on
+        held-out data for an out-of-sample estimate with confidence intervals.
+    pid_weights_atoms_ : dict
+        The windowed stage-1 atoms that set the final fusion weights (same keys).
     pid_history_ : list of dict
         Per stage-1 epoch: ``epoch``, raw ``atoms`` and ``atoms_windowed`` per pair.
     fusion_weights_ : dict
@@ -292,6 +296,7 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
         self.model_.to("cpu")
         self._set_fitted_from(result)
         self.gaussianity_ = self._gaussianity(data, train_idx)
+        self.pid_ = self._final_pid(data, train_idx, y_pid[train_idx])
         self.training_summary_ = {
             "n_participants": int(raw.n),
             "n_train": len(train_idx),
@@ -312,12 +317,26 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
             for e in result.history if "atoms" in e
         ]
         self.fusion_weights_history_ = [e["weights"] for e in result.history]
-        self.pid_ = result.atoms
+        self.pid_weights_atoms_ = result.atoms
         self.fusion_weights_ = self.model_.fusion_weights_dict()
         self.bottleneck_lambdas_ = self.model_.bottleneck_lambdas()
         self.stage2_epoch_ = result.stage2_epoch
         self.best_epoch_ = result.best_epoch
         self.n_epochs_ = len(result.history)
+
+    def _final_pid(self, data, idx, y_pid) -> dict:
+        from brainage.models.pidreg import pair_key
+        from brainage.pid import gaussian_pid
+
+        lat = self._latents(data, idx)
+        out = {}
+        for p, q in self.model_.pairs:
+            try:
+                res = gaussian_pid(y_pid, lat[p], lat[q], bias_correction=True)
+                out[pair_key((p, q))] = res.as_dict()
+            except ValueError as err:  # too few participants for the latent size
+                logger.warning("No PID of the fitted latents for %s and %s: %s", p, q, err)
+        return out
 
     def _gaussianity(self, data, idx) -> dict:
         lat = self._latents(data, idx)
