@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # The CPU build of PyTorch; only used when no NVIDIA GPU is found and the CPU
 # wheel is not already reachable through pip's configured indexes.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-BIDS_VALIDATOR_VERSION ?= 1.14.15
+BIDS_VALIDATOR_VERSION ?= 1.15.0
 DEMO_DIR ?= brainage-demo
 
 .PHONY: install demo test test-all lint bench tools clean
