@@ -1,0 +1,162 @@
+"""The structural pipeline for one T1w, as a function of images (no file naming here).
+
+:func:`process_t1w` chains :mod:`.preprocess` steps and returns every image and
+number the stage writes; :mod:`.stage` names and saves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import ProcessingError
+from . import preprocess as pp
+
+__all__ = ["AnatResult", "process_t1w", "warp_to_template"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnatResult:
+    """Everything :func:`process_t1w` produces (nibabel images unless noted)."""
+
+    t1w: object
+    brain_mask: object
+    gm: object
+    wm: object
+    csf: object
+    t1w_mni: object
+    brain_mask_mni: object
+    gm_mni: object
+    wm_mni: object
+    csf_mni: object
+    gm_modulated_mni: object
+    csf_modulated_mni: object
+    jacobian_mni: object
+    registration: pp.Registration
+    metrics: dict = field(default_factory=dict)
+
+
+def _null_step(name):
+    return contextlib.nullcontext()
+
+
+def warp_to_template(image, reference, transforms, *, interpolator="linear"):
+    """Resample a native-space ANTsImage onto ``reference`` (an ANTsImage) through ``transforms``."""
+    import ants
+
+    return ants.apply_transforms(reference, image, list(transforms), interpolator=interpolator)
+
+
+def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> AnatResult:
+    """Run N4, registration, segmentation and MNI resampling on one T1w.
+
+    Parameters
+    ----------
+    t1w_img : nibabel.Nifti1Image
+        A checked, RAS-oriented T1w (:func:`brainage.imageio.load_checked`).
+    config : brainage.config.AnatConfig
+        The ``anat`` section.
+    work_dir : path-like
+        Scratch folder (transform files).
+    step : callable, optional
+        ``step(name)`` returns a context manager timing a step (``ctx.step``).
+    tissue : dict, optional
+        Precomputed native ``brain_mask``, ``gm``, ``wm``, ``csf`` nibabel images (fMRIPrep
+        derivatives): N4 and Atropos are skipped and these are used instead.
+
+    Returns
+    -------
+    AnatResult
+
+    Raises
+    ------
+    ProcessingError
+        When an ANTs step fails.
+    """
+    import ants
+
+    work = Path(work_dir)
+    reg_cfg = config.registration
+    tmpl_reg = pp.template(reg_cfg.template_resolution)
+    tmpl_out = pp.template(config.output_resolution)
+    t1 = pp.to_ants(t1w_img)
+    try:
+        if tissue is None:
+            with step("n4"):
+                t1, _ = pp.n4(t1, shrink_factor=config.n4_shrink_factor)
+        # intensity scale: robust 99th percentile of the head to 1 (the template's range)
+        arr = t1.numpy()
+        scale = float(np.percentile(arr[arr > 0], 99)) if np.any(arr > 0) else 1.0
+        t1 = t1.new_image_like(arr / max(scale, 1e-6))
+        fixed = pp.to_ants(tmpl_reg["t1"])
+        fixed_mask = ants.iMath(pp.to_ants(tmpl_reg["mask"]), "MD", 3)
+        with step("registration"):
+            reg = pp.register(
+                t1, fixed, steps=reg_cfg.steps, syn_iterations=reg_cfg.syn_iterations,
+                work_dir=work / "xfm", fixed_mask=fixed_mask,
+            )
+        with step("segmentation"):
+            if tissue is None:
+                mask = ants.apply_transforms(
+                    t1, pp.to_ants(tmpl_reg["mask"]), reg.inverse, interpolator="linear"
+                )
+                mask = ants.threshold_image(mask, 0.5, 2.0)
+                priors = [
+                    ants.apply_transforms(t1, pp.to_ants(tmpl_reg[k]), reg.inverse,
+                                          interpolator="linear")
+                    for k in ("csf", "gm", "wm")
+                ]
+                seg = pp.segment(t1, mask, priors)
+            else:
+                mask = pp.to_ants(tissue["brain_mask"])
+                seg = {k: pp.to_ants(tissue[k]) for k in ("csf", "gm", "wm")}
+        with step("resample"):
+            ref = pp.to_ants(tmpl_out["t1"])
+            t1_mni = warp_to_template(t1, ref, reg.forward)
+            mask_mni = warp_to_template(mask, ref, reg.forward)
+            probs_mni = {k: warp_to_template(v, ref, reg.forward) for k, v in seg.items()}
+            jac = pp.jacobian_determinant(reg.forward, ref, t1)
+    except ProcessingError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ProcessingError(f"ANTs failed during structural processing: {exc}") from exc
+
+    def nib(img, dtype=np.float32):
+        return pp.to_nibabel(img, dtype)
+
+    probs = {k: np.clip(v.numpy(), 0, 1) for k, v in probs_mni.items()}
+    mask_arr = (mask_mni.numpy() > 0.5).astype(np.uint8)
+    affine = tmpl_out["t1"].affine
+
+    import nibabel
+
+    def on_grid(arr, dtype=np.float32):
+        # ANTs writes LPS; convert through nibabel so the grid equals the template's
+        img = pp.to_nibabel(ref.new_image_like(arr.astype(np.float32)), dtype)
+        if not np.allclose(img.affine, affine, atol=1e-3):
+            raise ProcessingError("internal error: MNI grid mismatch after resampling")
+        return nibabel.Nifti1Image(np.asarray(img.dataobj).astype(dtype), affine)
+
+    result = AnatResult(
+        t1w=nib(t1),
+        brain_mask=nib(mask, np.uint8),
+        gm=nib(seg["gm"]),
+        wm=nib(seg["wm"]),
+        csf=nib(seg["csf"]),
+        t1w_mni=on_grid(t1_mni.numpy()),
+        brain_mask_mni=on_grid(mask_arr, np.uint8),
+        gm_mni=on_grid(probs["gm"]),
+        wm_mni=on_grid(probs["wm"]),
+        csf_mni=on_grid(probs["csf"]),
+        gm_modulated_mni=on_grid(probs["gm"] * jac),
+        csf_modulated_mni=on_grid(probs["csf"] * jac),
+        jacobian_mni=on_grid(jac),
+        registration=reg,
+    )
+    return result
