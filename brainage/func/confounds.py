@@ -1,0 +1,127 @@
+"""The confounds table (fMRIPrep column names) and reading fMRIPrep's.
+
+Columns written: ``trans_x … rot_z`` with ``*_derivative1``, ``*_power2`` and
+``*_derivative1_power2`` (the 24-parameter model of Friston et al. 1996),
+``framewise_displacement`` (Power et al. 2012), ``dvars``, ``std_dvars``,
+``csf``, ``white_matter``, ``global_signal``, optional ``a_comp_cor_XX``, and
+``motion_outlier`` (1 for a scrubbed volume).
+
+Examples
+--------
+>>> import numpy as np, pandas as pd
+>>> base = pd.DataFrame(np.arange(12.0).reshape(6, 2), columns=["trans_x", "rot_x"])
+>>> list(expand_24(base).columns)[:4]
+['trans_x', 'trans_x_derivative1', 'trans_x_power2', 'trans_x_derivative1_power2']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .motion import MOTION_COLUMNS
+
+__all__ = [
+    "acompcor",
+    "expand_24",
+    "motion_outliers",
+    "regressors",
+    "tissue_signal",
+]
+
+
+def expand_24(params: pd.DataFrame) -> pd.DataFrame:
+    """Add temporal derivatives and squares (Friston 24-parameter expansion).
+
+    Parameters
+    ----------
+    params : pandas.DataFrame
+        One column per motion parameter.
+
+    Returns
+    -------
+    pandas.DataFrame
+        For each column ``c``: ``c, c_derivative1, c_power2, c_derivative1_power2``;
+        the first derivative of the first volume is 0.
+    """
+    out = {}
+    for col in params.columns:
+        x = params[col].to_numpy(float)
+        d = np.concatenate([[0.0], np.diff(x)])
+        out[col] = x
+        out[f"{col}_derivative1"] = d
+        out[f"{col}_power2"] = x**2
+        out[f"{col}_derivative1_power2"] = d**2
+    return pd.DataFrame(out, index=params.index)
+
+
+def tissue_signal(data: np.ndarray, probseg: np.ndarray, threshold: float = 0.9,
+                  erode: int = 1) -> np.ndarray:
+    """Mean time series of the voxels where a tissue probability exceeds ``threshold``.
+
+    Parameters
+    ----------
+    data : array of shape (*grid, T)
+    probseg : array of shape grid
+        Tissue probability on the same grid.
+    threshold : float
+    erode : int
+        Binary erosions of the tissue mask (keeps the signal away from grey matter).
+
+    Returns
+    -------
+    numpy.ndarray of shape (T,)
+        NaN-free; falls back to the uneroded mask if erosion leaves fewer than 10 voxels.
+    """
+    from scipy import ndimage
+
+    mask = probseg > threshold
+    eroded = ndimage.binary_erosion(mask, iterations=erode) if erode else mask
+    if eroded.sum() >= 10:
+        mask = eroded
+    if mask.sum() == 0:
+        return np.zeros(data.shape[-1])
+    return data[mask].mean(axis=0)
+
+
+def acompcor(data: np.ndarray, noise_mask: np.ndarray, n_components: int = 5) -> np.ndarray:
+    """Anatomical CompCor (Behzadi et al. 2007) components of WM+CSF voxels.
+
+    Uses :func:`nilearn.image.high_variance_confounds`-style SVD on detrended,
+    variance-normalised noise-voxel time series.
+
+    Returns
+    -------
+    numpy.ndarray of shape (T, n_components)
+    """
+    from nilearn.signal import clean
+
+    series = data[noise_mask].T.astype(np.float64)
+    series = clean(series, detrend=True, standardize="zscore_sample", standardize_confounds=False)
+    u, _, _ = np.linalg.svd(series, full_matrices=False)
+    return u[:, :n_components]
+
+
+def motion_outliers(fd: np.ndarray, threshold: float) -> np.ndarray:
+    """Volumes to scrub: framewise displacement above ``threshold`` (mm)."""
+    return np.asarray(fd) > threshold
+
+
+def regressors(table: pd.DataFrame, *, global_signal: bool, n_acompcor: int = 0,
+               tissue: bool = True) -> pd.DataFrame:
+    """Select the columns of a confounds table that are regressed out.
+
+    24 motion parameters, WM and CSF means (or aCompCor components), and the
+    global signal when asked.
+    """
+    cols = [c for c in table.columns
+            if any(c == m or c.startswith(m + "_") for m in MOTION_COLUMNS)]
+    if tissue:
+        cols += [c for c in ("white_matter", "csf") if c in table.columns]
+    if n_acompcor:
+        comp = sorted(c for c in table.columns if c.startswith("a_comp_cor_"))[:n_acompcor]
+        cols += comp
+    if global_signal and "global_signal" in table.columns:
+        cols.append("global_signal")
+    out = table[cols].astype(float)
+    return out.fillna(0.0)
