@@ -107,6 +107,18 @@ class FuncConfig(_Section):
     global_signal: bool = False
     atlases: list[str] = Field(default=["HarvardOxford"], description="Atlas ids for parcels.")
     maps: list[Literal["alff", "falff", "reho", "dmn"]] = ["alff", "falff", "reho", "dmn"]
+    connectivity: list[Literal["correlation", "partial correlation"]] = Field(
+        default=["correlation"],
+        description="Per-participant connectivity (Pearson + Fisher z always; partial optional).",
+    )
+    acompcor_components: int = Field(
+        default=0, ge=0, le=10,
+        description="aCompCor components regressed instead of mean WM/CSF signals (0: off).",
+    )
+    motion_iterations: int = Field(
+        default=10, ge=1, le=200,
+        description="ANTs rigid iterations per volume in motion estimation (see docs/func.md).",
+    )
 
     @field_validator("low_pass")
     @classmethod
