@@ -243,14 +243,18 @@ def run_group_level(args) -> int:
             f"OUTPUT_DIR {output_dir} does not exist; run the participant level first"
         )
     try:
-        from .anat.features import collect_structural_features
+        from .anat.features import write_structural_features
     except ImportError:
         raise NotAvailableError(
             f"the group level (feature tables, training, report) is not available in brainage "
             f"{__version__} yet; nothing was run"
         ) from None
-    table = collect_structural_features(output_dir)
-    print(f"structural feature table: {len(table)} participant(s) in {output_dir / 'group'}")
+    path = write_structural_features(output_dir)
+    print(f"structural feature table: {path}")
+    print(
+        f"training, prediction and the report are not available in brainage {__version__} yet; "
+        "the group level stopped after the feature tables"
+    )
     return 0
 
 

@@ -85,13 +85,11 @@ def run_demo(out_dir, *, n_subjects: int = 40, seed: int = 0, nprocs: int = 2) -
     for name in missing:
         lines.append(f"participant stage {name!r}: not available in brainage {__version__} yet")
 
-    try:
-        from .anat.features import collect_structural_features
-    except ImportError:
-        collect_structural_features = None
-    if collect_structural_features is not None and "anat" in available:
-        table = collect_structural_features(deriv)
-        lines.append(f"group level: structural feature table ({len(table)} rows) in {deriv / 'group'}")
+    if "anat" in available:
+        from .anat.features import write_structural_features
+
+        table = write_structural_features(deriv)
+        lines.append(f"group level: structural feature table {table}")
     lines.append(f"training, prediction and report: not available in brainage {__version__} yet")
     lines.append(f"demo finished in {time.perf_counter() - start:.0f} s")
     print("\n".join(lines))
