@@ -211,7 +211,7 @@ class _Progress:
             line += f": {result.error}"
         if self.bar is not None:
             self.bar.advance(self.task_id)
-            self.bar.console.log(line)
+            self.bar.console.print(line)
         else:
             (logger.warning if result.status == "failed" else logger.info)(line)
 
