@@ -162,6 +162,7 @@ def train_model(
     seed: int = 0,
     device: str | torch.device = "auto",
     use_regularizers: bool = True,
+    frozen_weights: bool = False,
 ) -> TrainResult:
     """Train a PIDReg network (two-stage schedule) or a baseline network (plain MSE).
 
@@ -188,6 +189,9 @@ def train_model(
         ``"auto"`` picks CUDA when available.
     use_regularizers : bool
         Add the Gaussianity, CMI and normality losses (PIDReg only).
+    frozen_weights : bool
+        Start in stage 2: keep the model's current fusion weights (e.g. to fine-tune
+        a loaded model, or to time stage-2 epochs).
 
     Returns
     -------
@@ -227,7 +231,7 @@ def train_model(
     modalities = list(getattr(model, "modalities", data.modalities))
     pairs = list(getattr(model, "pairs", []))
     result = TrainResult()
-    stage = 1 if is_pid else 2
+    stage = 1 if is_pid and not frozen_weights else 2
     atom_hist: deque = deque(maxlen=cfg.atom_window_epochs)
     prev_windowed = None
     stable = 0
