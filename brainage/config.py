@@ -64,6 +64,14 @@ class RegistrationConfig(_Section):
     syn_iterations: list[int] = Field(
         default=[40, 20, 0], description="SyN iterations per resolution level (coarse to fine)."
     )
+    linear_iterations: int = Field(
+        default=200, ge=1, le=2000,
+        description="Rigid/affine iterations at the coarse levels (half at the next one).",
+    )
+    linear_shrink_factors: list[int] = Field(
+        default=[8, 4, 2, 1],
+        description="Shrink factor per rigid/affine level; the finest level gets no iterations.",
+    )
     min_similarity: float = Field(
         default=0.5,
         ge=-1,
@@ -79,6 +87,12 @@ class AnatConfig(_Section):
     enabled: bool = True
     n4_shrink_factor: int = Field(
         default=4, ge=1, le=8, description="N4 bias-field estimation runs on a copy shrunk by this."
+    )
+    n4_iterations: list[int] = Field(
+        default=[50, 50, 30], description="N4 iterations per fitting level (one entry per level)."
+    )
+    atropos_iterations: int = Field(
+        default=5, ge=1, le=50, description="Atropos EM iterations of the tissue classification."
     )
     registration: RegistrationConfig = RegistrationConfig()
     output_resolution: Literal[1.0, 1.5, 2.0, 4.0] = Field(
@@ -114,6 +128,14 @@ class FuncConfig(_Section):
     acompcor_components: int = Field(
         default=0, ge=0, le=10,
         description="aCompCor components regressed instead of mean WM/CSF signals (0: off).",
+    )
+    motion_regressors: Literal[6, 12, 24] = Field(
+        default=24, description="Motion confound model: 6 parameters, + derivatives, + squares.",
+    )
+    max_confound_fraction: float = Field(
+        default=0.33, gt=0, le=1,
+        description="Largest share of the band-passed run's degrees of freedom the confounds may "
+        "use; a short run falls back to a smaller motion model (recorded in QC).",
     )
     motion_iterations: int = Field(
         default=10, ge=1, le=200,

@@ -23,7 +23,9 @@ from .motion import MOTION_COLUMNS
 
 __all__ = [
     "acompcor",
+    "band_dof",
     "expand_24",
+    "motion_columns",
     "motion_outliers",
     "regressors",
     "tissue_signal",
@@ -107,15 +109,33 @@ def motion_outliers(fd: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(fd) > threshold
 
 
+def band_dof(n_kept: int, tr: float, high_pass: float | None, low_pass: float | None) -> float:
+    """Degrees of freedom left in a band-passed run: volumes × band width / Nyquist."""
+    nyquist = 0.5 / tr
+    high = min(low_pass, nyquist) if low_pass else nyquist
+    low = high_pass or 0.0
+    return n_kept * max(high - low, 0.0) / nyquist
+
+
+def motion_columns(model: int) -> list[str]:
+    """Motion confound names of the 6-, 12- or 24-parameter model."""
+    cols = list(MOTION_COLUMNS)
+    if model >= 12:
+        cols += [f"{c}_derivative1" for c in MOTION_COLUMNS]
+    if model >= 24:
+        cols += [f"{c}_power2" for c in MOTION_COLUMNS]
+        cols += [f"{c}_derivative1_power2" for c in MOTION_COLUMNS]
+    return cols
+
+
 def regressors(table: pd.DataFrame, *, global_signal: bool, n_acompcor: int = 0,
-               tissue: bool = True) -> pd.DataFrame:
+               tissue: bool = True, motion_model: int = 24) -> pd.DataFrame:
     """Select the columns of a confounds table that are regressed out.
 
-    24 motion parameters, WM and CSF means (or aCompCor components), and the
-    global signal when asked.
+    The 6/12/24 motion parameters, WM and CSF means (or aCompCor components),
+    and the global signal when asked.
     """
-    cols = [c for c in table.columns
-            if any(c == m or c.startswith(m + "_") for m in MOTION_COLUMNS)]
+    cols = [c for c in motion_columns(motion_model) if c in table.columns]
     if tissue:
         cols += [c for c in ("white_matter", "csf") if c in table.columns]
     if n_acompcor:

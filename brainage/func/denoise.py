@@ -38,7 +38,7 @@ def clean_signals(signals: np.ndarray, confounds, sample_mask, *, tr: float,
     return clean(
         np.asarray(signals, np.float64),
         detrend=True,
-        standardize="zscore_sample" if standardize else False,
+        standardize="zscore_sample" if standardize else None,
         confounds=None if confounds is None else np.asarray(confounds, np.float64),
         standardize_confounds=True,
         filter="butterworth" if (high_pass or low_pass) else False,

@@ -39,6 +39,7 @@ def parcel_signals(img, atlas, mask_img) -> pd.DataFrame:
     if atlas.kind == "coords":
         radius = float(atlas.radius_mm or 5.0)
         masker = NiftiSpheresMasker(atlas.coords.tolist(), radius=radius, allow_overlap=True,
+                                    standardize=None,
                                     mask_img=mask_img)
         values = masker.fit_transform(img)
         return pd.DataFrame(values, columns=names)
@@ -47,7 +48,7 @@ def parcel_signals(img, atlas, mask_img) -> pd.DataFrame:
     import nibabel as nib
 
     labels = nib.Nifti1Image(lab.astype(np.int32), img.affine)
-    masker = NiftiLabelsMasker(labels, strategy="mean")
+    masker = NiftiLabelsMasker(labels, strategy="mean", standardize=None)
     values = masker.fit_transform(img)
     present = [v for k, v in masker.region_ids_.items() if k != "background"]
     out = pd.DataFrame(np.full((n_t, len(names)), np.nan), columns=names)

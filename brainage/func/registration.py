@@ -153,9 +153,10 @@ def resample_to_mni(bold_img, motion_transforms, epi_to_t1, t1_to_mni, mni_templ
     fixed = to_ants(mni_template)
     epi_ref = to_ants(bold_img.slicer[..., 0])
     work = Path(work_dir)
-    # MNI → T1w → EPI reference composed once into one displacement field
+    # ANTs lists transforms from the fixed side to the moving side: MNI ← T1w ← EPI
+    # reference ← volume. MNI ← T1w ← EPI reference is composed once into one field.
     composed = ants.apply_transforms(
-        fixed=fixed, moving=epi_ref, transformlist=[epi_to_t1, t1_to_mni],
+        fixed=fixed, moving=epi_ref, transformlist=[t1_to_mni, epi_to_t1],
         compose=str(work / "mni2epi_"),
     )
     data = np.asarray(bold_img.dataobj, dtype=np.float32)
@@ -164,7 +165,7 @@ def resample_to_mni(bold_img, motion_transforms, epi_to_t1, t1_to_mni, mni_templ
     coverage = np.ones(mni_template.shape[:3], bool)
     for k in range(data.shape[3]):
         vol = epi_ref.new_image_like(np.ascontiguousarray(data[..., k]))
-        chain = [motion_transforms[k], composed]
+        chain = [composed, motion_transforms[k]]
         out[..., k] = ants.apply_transforms(fixed, vol, chain, interpolator="linear").numpy()
         if k in (0, data.shape[3] // 2, data.shape[3] - 1):
             cov = ants.apply_transforms(fixed, ones, chain, interpolator="linear").numpy()

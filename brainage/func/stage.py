@@ -236,16 +236,31 @@ def _process_run(ctx, bold_run, ents) -> dict:
             table = pd.concat([pad, table.assign(non_steady_state=0)], ignore_index=True)
         atomic_write_tsv(_out(ctx, ents, datatype="func", desc="confounds", suffix="timeseries",
                               extension=".tsv"), table.round(6))
-        regress = cf.regressors(table.iloc[prep["dropped"]:].reset_index(drop=True),
-                                global_signal=cfg.global_signal,
-                                n_acompcor=cfg.acompcor_components,
-                                tissue=not cfg.acompcor_components)
     kept = np.flatnonzero(~scrub)
+    band = {"high_pass": cfg.high_pass, "low_pass": min(cfg.low_pass, 0.95 * 0.5 / tr)}
+    budget = cfg.max_confound_fraction * cf.band_dof(len(kept), tr, **band)
+    body = table.iloc[prep["dropped"]:].reset_index(drop=True)
+    model_flags = []
+    for model in [m for m in (24, 12, 6) if m <= cfg.motion_regressors]:
+        regress = cf.regressors(body, global_signal=cfg.global_signal,
+                                n_acompcor=cfg.acompcor_components,
+                                tissue=not cfg.acompcor_components, motion_model=model)
+        if regress.shape[1] <= budget or model == 6:
+            break
+    if model != cfg.motion_regressors:
+        model_flags.append(
+            f"motion model reduced from {cfg.motion_regressors} to {model} parameters: "
+            f"{len(kept)} clean volumes leave {budget / cfg.max_confound_fraction:.0f} degrees "
+            "of freedom in the band"
+        )
+        logger.warning("sub-%s: %s", ctx.subject, model_flags[-1])
     qc_extra = dict(prep["extra_qc"])
     qc_extra.update(n_volumes=int(prep["n_total"]), dropped_non_steady=int(prep["dropped"]),
                     n_kept=len(kept), tr=float(tr), warnings=prep["warnings"])
+    qc_extra.update(confound_regressors=list(regress.columns), motion_model=model)
     qc = qc_metrics(fd, table["dvars"].to_numpy()[prep["dropped"]:], scrub,
                     tsnr(data, mask), prep["coverage"], qc_extra)
+    qc["flags"].extend(model_flags)
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     res = _res(cfg.output_resolution)
     mni = {"space": TEMPLATE_SPACE, "res": res}
@@ -273,7 +288,6 @@ def _process_run(ctx, bold_run, ents) -> dict:
 
     save_nifti(mask_img, _out(ctx, ents, datatype="func", **mni, desc="brain", suffix="mask",
                               extension=".nii.gz"))
-    band = {"high_pass": cfg.high_pass, "low_pass": min(cfg.low_pass, 0.95 * 0.5 / tr)}
     with ctx.step("parcels"):
         for atlas_id in cfg.atlases:
             atlas = load_atlas(atlas_id)
@@ -325,7 +339,8 @@ def _process_run(ctx, bold_run, ents) -> dict:
                 seed_data = np.zeros((*mask.shape, len(kept)), np.float32)
                 seed_data[mask] = bandpassed.T
                 seed_img = nib.Nifti1Image(seed_data, affine)
-                seed = NiftiSpheresMasker([DMN_SEED_MNI], radius=8.0, mask_img=mask_img)
+                seed = NiftiSpheresMasker([DMN_SEED_MNI], radius=8.0, mask_img=mask_img,
+                                          standardize=None)
                 seed_ts = seed.fit_transform(seed_img)[:, 0]
                 maps["dmn"] = seed_map(bandpassed, seed_ts)
             for name in cfg.maps:
