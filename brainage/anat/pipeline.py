@@ -89,7 +89,8 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
     try:
         if tissue is None:
             with step("n4"):
-                t1, _ = pp.n4(t1, shrink_factor=config.n4_shrink_factor)
+                t1, _ = pp.n4(t1, shrink_factor=config.n4_shrink_factor,
+                              iterations=config.n4_iterations)
         # intensity scale: robust 99th percentile of the head to 1 (the template's range)
         arr = t1.numpy()
         scale = float(np.percentile(arr[arr > 0], 99)) if np.any(arr > 0) else 1.0
@@ -99,6 +100,8 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
         with step("registration"):
             reg = pp.register(
                 t1, fixed, steps=reg_cfg.steps, syn_iterations=reg_cfg.syn_iterations,
+                linear_iterations=reg_cfg.linear_iterations,
+                linear_shrink_factors=reg_cfg.linear_shrink_factors,
                 work_dir=work / "xfm", fixed_mask=fixed_mask,
             )
         with step("segmentation"):
@@ -112,7 +115,7 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
                                           interpolator="linear")
                     for k in ("csf", "gm", "wm")
                 ]
-                seg = pp.segment(t1, mask, priors)
+                seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations)
             else:
                 mask = pp.to_ants(tissue["brain_mask"])
                 seg = {k: pp.to_ants(tissue[k]) for k in ("csf", "gm", "wm")}

@@ -183,11 +183,15 @@ class Registration:
     inverse_composite: str
 
 
-def _linear_params(level_iters: int) -> dict:
+def _linear_params(level_iters: int, shrink_factors=(8, 4, 2, 1)) -> dict:
+    shrink = tuple(int(f) for f in shrink_factors)
+    n = len(shrink)
+    iters = [level_iters] * max(n - 2, 0) + [max(level_iters // 2, 1)] * (n >= 2) + [0]
+    iters = tuple(iters[-n:]) if n > 1 else (level_iters,)
     return {
-        "aff_iterations": (level_iters, level_iters, max(level_iters // 2, 1), 0),
-        "aff_shrink_factors": (8, 4, 2, 1),
-        "aff_smoothing_sigmas": (3, 2, 1, 0),
+        "aff_iterations": iters,
+        "aff_shrink_factors": shrink,
+        "aff_smoothing_sigmas": tuple(max(int(np.log2(f)), 0) if f > 1 else 0 for f in shrink),
         "aff_sampling": 32,
         "aff_random_sampling_rate": 0.25,
     }
@@ -200,6 +204,7 @@ def register(
     steps=("rigid", "affine", "syn"),
     syn_iterations=(40, 20, 0),
     linear_iterations: int = 200,
+    linear_shrink_factors=(8, 4, 2, 1),
     work_dir,
     fixed_mask=None,
     seed: int = 1,
@@ -217,7 +222,10 @@ def register(
     syn_iterations : sequence of int
         SyN iterations per level (shrink factors 4, 2, 1 … from coarse to fine).
     linear_iterations : int
-        Iterations of the rigid and affine steps at the coarse levels.
+        Iterations of the rigid and affine steps at the coarse levels (half at the
+        second-finest level, none at the finest).
+    linear_shrink_factors : sequence of int
+        Shrink factor per rigid/affine level (smoothing sigma log2 of it, in voxels).
     work_dir : path-like
         Where the transform files are written.
     fixed_mask : ants.ANTsImage, optional
@@ -251,7 +259,8 @@ def register(
             kind = "Rigid" if step == "rigid" else "Affine"
             result = ants.registration(
                 fixed, moving, type_of_transform=kind, initial_transform=initial,
-                outprefix=prefix, mask=fixed_mask, **_linear_params(linear_iterations), **common,
+                outprefix=prefix, mask=fixed_mask,
+                **_linear_params(linear_iterations, linear_shrink_factors), **common,
             )
             linear_file = result["fwdtransforms"][0]
             initial = linear_file
