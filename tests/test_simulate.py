@@ -145,6 +145,37 @@ def test_dataset_has_bids_files_and_participants(dataset):
     assert sidecar["TaskName"] == "rest"
 
 
+def test_images_declare_mm_and_seconds(dataset):
+    anat = dataset / TRUTH / "sub-01/anat"
+    paths = [
+        dataset / "sub-01/anat/sub-01_T1w.nii.gz",
+        dataset / "sub-01/func/sub-01_task-rest_bold.nii.gz",
+        anat / "sub-01_space-MNI152NLin2009aSym_res-2_label-GM_probseg.nii.gz",
+        anat / "sub-01_space-MNI152NLin2009aSym_res-2_desc-brain_mask.nii.gz",
+        anat / "sub-01_from-T1w_to-MNI152NLin2009aSym_desc-deformation_xfm.nii.gz",
+    ]
+    for path in paths:
+        assert nib.load(path).header.get_xyzt_units() == ("mm", "sec"), path.name
+
+
+def test_deformation_is_the_same_on_the_grid_and_at_points():
+    from brainage.simulate import anatomy
+
+    rng = np.random.default_rng(3)
+    deformation = anatomy.draw_deformation(rng, 2.0, 16.0)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = [-106.0, -142.0, -80.0]
+    shape = (20, 24, 18)
+    dense, _ = deformation.dense(shape, affine)
+    points = anatomy.voxel_points(shape, affine)
+    at = deformation.at(points, shape, affine).reshape(3, *shape)
+    np.testing.assert_allclose(dense, at, atol=1e-4)
+    # Lattice points carry the exact spline values.
+    exact = deformation.evaluate(points).reshape(3, *shape)
+    np.testing.assert_allclose(dense[:, ::2, ::2, ::2], exact[:, ::2, ::2, ::2], atol=1e-4)
+    assert 0.5 < float(np.std(exact)) < 4.0
+
+
 def test_t1_has_head_around_brain_and_tissue_contrast(dataset):
     t1 = np.asarray(nib.load(dataset / "sub-01/anat/sub-01_T1w.nii.gz").dataobj, float)
     # Skull-and-scalp voxels exist outside the brain: the volume is not brain-extracted.

@@ -35,6 +35,8 @@ __all__ = [
 SPACE = "MNI152NLin2009aSym"
 #: Padding of the model grid around the template grid (mm).
 PAD_MM = 8.0
+#: Lattice steps by which a deformation lattice extends beyond its model grid.
+_LATTICE_MARGIN = 2
 
 # Head layers outside the brain envelope: distance (mm) -> T1 intensity relative
 # to white matter (CSF rim, inner table, diploe, outer table, scalp, air).
@@ -224,6 +226,18 @@ def _resample(img, affine, shape, order: int):
     return np.asarray(out.dataobj, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def _raw_templates():
+    """Load the nilearn 1 mm ICBM152 2009a T1, GM and WM images (once per process)."""
+    from nilearn import datasets
+
+    return (
+        datasets.load_mni152_template(resolution=1),
+        datasets.load_mni152_gm_template(resolution=1),
+        datasets.load_mni152_wm_template(resolution=1),
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) -> Templates:
     """Build the cohort-level anatomy on a model grid of ``resolution`` mm.
@@ -241,12 +255,9 @@ def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) ->
     -------
     Templates
     """
-    from nilearn import datasets
     from scipy import ndimage
 
-    t1 = datasets.load_mni152_template(resolution=1)
-    gm_img = datasets.load_mni152_gm_template(resolution=1)
-    wm_img = datasets.load_mni152_wm_template(resolution=1)
+    t1, gm_img, wm_img = _raw_templates()
     base = t1.affine
     lo = base[:3, 3] - PAD_MM
     hi = base[:3, 3] + (np.asarray(t1.shape) - 1) * np.diag(base)[:3] + PAD_MM
@@ -340,36 +351,112 @@ class Deformation:
         )
 
 
-    def dense(self, shape, affine, step_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
-        """Displacement (3, *shape) and modulation (*shape) at every point of a grid.
+    def lattice(self, shape, affine, step_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+        """All four components on a coarse lattice aligned with a model grid.
 
-        The spline is evaluated exactly on a ``step_mm`` grid and interpolated
-        trilinearly in between (the field varies on a scale of centimetres).
+        Parameters
+        ----------
+        shape : tuple of int
+            Shape of the model grid.
+        affine : numpy.ndarray
+            Voxel → MNI mm of the model grid (a lattice point falls on its origin).
+        step_mm : float
+            Lattice spacing (rounded to a whole number of model voxels).
+
+        Returns
+        -------
+        values : numpy.ndarray of shape (4, nx, ny, nz), float32
+            Exact spline values at the lattice points.
+        coarse_affine : numpy.ndarray
+            Lattice index → MNI mm.
+        """
+        vox = float(affine[0, 0])
+        stride = max(1, round(step_mm / vox))
+        key = (tuple(shape), stride, tuple(np.round(affine[:3, 3], 6)), vox)
+        cache = self.__dict__.setdefault("_lattices", {})
+        if key not in cache:
+            # The model grid plus a margin of _LATTICE_MARGIN lattice steps on every side.
+            n = tuple((k - 1) // stride + 2 + 2 * _LATTICE_MARGIN for k in shape)
+            coarse_affine = affine.copy()
+            coarse_affine[:3, :3] *= stride
+            coarse_affine[:3, 3] -= stride * vox * _LATTICE_MARGIN
+            points = voxel_points(n, coarse_affine)
+            cache[key] = (self.evaluate(points, components=(0, 1, 2, 3))
+                          .reshape(4, *n).astype(np.float32), coarse_affine)
+        return cache[key][0], cache[key][1]
+
+    def at(self, points: np.ndarray, shape, affine, step_mm: float = 6.0) -> np.ndarray:
+        """Displacement (3, N) at MNI points, trilinear between lattice points.
+
+        The same field as :meth:`dense` on the model grid of ``affine``, evaluated
+        at arbitrary points (used to image a head in one resampling).
         """
         from scipy import ndimage
 
-        vox = float(affine[0, 0])
-        stride = max(1, round(step_mm / vox))
-        coarse_shape = tuple((n - 1) // stride + 2 for n in shape)
-        coarse_affine = affine.copy()
-        coarse_affine[:3, :3] *= stride
-        points = voxel_points(coarse_shape, coarse_affine)
-        coarse = self.evaluate(points, components=(0, 1, 2, 3)).reshape(4, *coarse_shape)
-        idx = np.indices(shape, dtype=np.float32) / stride
-        dense = np.stack([
-            ndimage.map_coordinates(c.astype(np.float32), idx, order=1, mode="nearest")
-            for c in coarse
-        ])
+        values, coarse_affine = self.lattice(shape, affine, step_mm)
+        inv = np.linalg.inv(coarse_affine)
+        idx = (points @ inv[:3, :3].T + inv[:3, 3]).T.astype(np.float32)
+        return np.stack([ndimage.map_coordinates(values[c], idx, order=1, mode="nearest")
+                         for c in range(3)])
+
+    def dense(self, shape, affine, step_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+        """Displacement (3, *shape) and modulation (*shape) at every point of a grid.
+
+        The spline is evaluated exactly on a ``step_mm`` lattice and interpolated
+        trilinearly in between (the field varies on a scale of centimetres);
+        the interpolation is separable, one small matrix product per axis.
+        """
+        values, coarse_affine = self.lattice(shape, affine, step_mm)
+        stride = round(coarse_affine[0, 0] / affine[0, 0])
+        # Lattice coordinate of model voxel i along an axis: i / stride + margin.
+        dense = values
+        for axis, n in enumerate(shape):
+            pos = np.arange(n) / stride + _LATTICE_MARGIN
+            lo = np.floor(pos).astype(int)
+            frac = (pos - lo).astype(np.float32)
+            weights = np.zeros((n, values.shape[axis + 1]), np.float32)
+            weights[np.arange(n), lo] = 1.0 - frac
+            weights[np.arange(n), np.minimum(lo + 1, values.shape[axis + 1] - 1)] += frac
+            dense = np.moveaxis(np.tensordot(weights, dense, axes=([1], [axis + 1])), 0,
+                                axis + 1)
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
         return dense[:3], dense[3]
 
 
-def warp(volume: np.ndarray, tpl: Templates, displacement: np.ndarray, order: int = 1):
-    """Pull an MNI-space volume into head space: ``W(g) = volume(g + u(g))`` on the same grid."""
+def warp_coordinates(tpl: Templates, displacement: np.ndarray) -> np.ndarray:
+    """Model-grid voxel coordinates of ``g + u(g)`` for every model voxel ``g`` (3, *shape)."""
+    idx = np.indices(tpl.shape, dtype=np.float32)
+    idx += displacement / np.float32(tpl.voxel_size)
+    return idx
+
+
+def warp(volume: np.ndarray, tpl: Templates, displacement: np.ndarray, order: int = 1,
+         coordinates: np.ndarray | None = None):
+    """Pull an MNI-space volume into head space: ``W(g) = volume(g + u(g))`` on the same grid.
+
+    ``coordinates`` (from :func:`warp_coordinates`) saves recomputing them when
+    several volumes are warped by the same displacement.
+    """
     from scipy import ndimage
 
-    idx = np.indices(tpl.shape, dtype=np.float32)
-    idx += displacement / tpl.voxel_size
+    idx = warp_coordinates(tpl, displacement) if coordinates is None else coordinates
     return ndimage.map_coordinates(volume, idx, order=order, mode="constant", cval=0.0)
+
+
+def native_points_to_model(tpl: Templates, native_affine: np.ndarray, native_shape, pose,
+                           scale: float, deformation: Deformation) -> np.ndarray:
+    """Model-grid coordinates (3, *native_shape) of ``Φ(x)`` for every native voxel ``x``.
+
+    ``g = P⁻¹ x / s`` (affine), ``m = g + u(g)`` with ``u`` interpolated from the
+    deformation lattice of the model grid: imaging a head is then one
+    resampling of an MNI-space volume.
+    """
+    mat = np.diag([1 / scale] * 3 + [1.0]) @ np.linalg.inv(pose) @ native_affine
+    g = voxel_points(native_shape, mat)
+    m = g + deformation.at(g, tpl.shape, tpl.affine).T
+    inv = np.linalg.inv(tpl.affine)
+    idx = (m @ inv[:3, :3].T + inv[:3, 3]).T.astype(np.float32)
+    return idx.reshape(3, *native_shape)
 
 
 def native_sample(head: np.ndarray, tpl: Templates, native_affine: np.ndarray, native_shape,
@@ -515,7 +602,7 @@ def bias_field(coords, coefficients: np.ndarray, strength: float,
     return np.exp(strength * poly).astype(np.float32)
 
 
-def synthesize_t1(tpl: Templates, tissues: dict, *, shape, affine, pose, scale, displacement,
+def synthesize_t1(tpl: Templates, tissues: dict, *, shape, affine, pose, scale, deformation,
                   gm_contrast, noise, gain, bias_strength, rng) -> np.ndarray:
     """Image a participant's head on the native T1w grid.
 
@@ -524,8 +611,12 @@ def synthesize_t1(tpl: Templates, tissues: dict, *, shape, affine, pose, scale, 
     numpy.ndarray of int16
         Intensities (white matter ≈ 700 · gain) with bias field and Rician noise.
     """
-    head = warp(t1_intensity(tpl, tissues, gm_contrast), tpl, displacement)
-    value = native_sample(head, tpl, affine, shape, pose, scale) * (700.0 * gain)
+    from scipy import ndimage
+
+    idx = native_points_to_model(tpl, affine, shape, pose, scale, deformation)
+    value = ndimage.map_coordinates(t1_intensity(tpl, tissues, gm_contrast), idx, order=1,
+                                    mode="constant", cval=0.0)
+    value *= np.float32(700.0 * gain)
     coefs = rng.standard_normal(9)
     coefs /= np.linalg.norm(coefs) / 1.5
     axes = [affine[i, i] * np.arange(shape[i]) + affine[i, 3] for i in range(3)]
@@ -544,12 +635,15 @@ def native_volumes(tpl: Templates, tissues: dict, scale: float, displacement) ->
     map over the head is ``s³ ∫ map(g + u(g)) dg``, evaluated on the model grid.
     """
     vox_ml = tpl.voxel_size**3 * scale**3 / 1000.0
-    warped = {key: warp(tissues[key], tpl, displacement) for key in
+    idx = warp_coordinates(tpl, displacement)
+    warped = {key: warp(tissues[key], tpl, displacement, coordinates=idx) for key in
               ("gm", "wm", "csf", "ventricles")}
     volumes = {k: float(v.sum(dtype=np.float64) * vox_ml) for k, v in warped.items()}
     rim = np.interp(tpl.head_distance, (0.0, 2.5, 3.0), (1.0, 1.0, 0.0)) * (1.0 - tpl.mask)
-    volumes["rim_csf"] = float(warp(rim.astype(np.float32), tpl, displacement).sum() * vox_ml)
-    labels = warp(tpl.labels, tpl, displacement, order=0).astype(np.int64)
+    volumes["rim_csf"] = float(
+        warp(rim.astype(np.float32), tpl, displacement, coordinates=idx).sum() * vox_ml
+    )
+    labels = warp(tpl.labels, tpl, displacement, order=0, coordinates=idx).astype(np.int64)
     values = tpl.label_table["index"].to_numpy()
     per_label = np.bincount(np.clip(labels, 0, None).ravel(), weights=warped["gm"].ravel(),
                             minlength=int(values.max()) + 1)

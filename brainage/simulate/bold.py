@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .anatomy import epi_intensity, native_sample, rigid_matrix, warp
+from .anatomy import epi_intensity, native_sample, rigid_matrix, warp, warp_coordinates
 
 __all__ = [
     "couplings",
@@ -188,17 +188,26 @@ def synthesize_bold(tpl, tissues, signals, label_values, *, shape, affine, pose,
     epi_mni = epi_intensity(tpl, tissues) * 1000.0
     csf_mni = tissues["csf"] + (tpl.mask == 0) * (tpl.head_distance < 3)
     # Everything is pulled into head space once; each volume is then an affine resampling.
-    epi_baseline = warp(epi_mni, tpl, displacement)
-    gm_weight = warp(epi_mni * tissues["gm"], tpl, displacement).ravel()
-    csf_weight = warp(epi_mni * csf_mni, tpl, displacement).ravel()
-    wm_weight = warp(epi_mni * tissues["wm"], tpl, displacement).ravel()
-    head_labels = warp(tpl.labels, tpl, displacement, order=0)
+    coords = warp_coordinates(tpl, displacement)
+    epi_baseline = warp(epi_mni, tpl, displacement, coordinates=coords)
+    gm_weight = warp(epi_mni * tissues["gm"], tpl, displacement, coordinates=coords).ravel()
+    csf_weight = warp((epi_mni * csf_mni).astype(np.float32), tpl, displacement,
+                      coordinates=coords).ravel()
+    wm_weight = warp(epi_mni * tissues["wm"], tpl, displacement, coordinates=coords).ravel()
+    head_labels = warp(tpl.labels, tpl, displacement, order=0, coordinates=coords)
+    del coords
     base_flat = epi_baseline.ravel()
     # Parcel lookup: grid label → column of ``signals`` (-1: no parcel, global signal).
     lut = np.full(int(max(tpl.labels.max(), label_values.max())) + 2, -1, np.int64)
     lut[label_values] = np.arange(len(label_values))
-    column = lut[np.clip(head_labels.ravel(), 0, None)]
+    # Only voxels with tissue signal change from volume to volume.
+    active = np.flatnonzero((gm_weight != 0) | (csf_weight != 0) | (wm_weight != 0))
+    column = lut[np.clip(head_labels.ravel()[active], 0, None)]
+    gm_active = (gm_weight[active] * amplitude).astype(np.float32)
+    csf_active = csf_weight[active].astype(np.float32)
+    wm_active = wm_weight[active].astype(np.float32)
     neural = np.concatenate([signals, signals.mean(axis=1, keepdims=True)], axis=1)
+    neural = neural.astype(np.float32)
     # Physiology aliased into the band: cardiac and respiratory sines in CSF, slow WM signal.
     t = np.arange(n_vol) * params.repetition_time
     nyq = 0.5 / params.repetition_time
@@ -218,13 +227,12 @@ def synthesize_bold(tpl, tissues, signals, label_values, *, shape, affine, pose,
         else 700.0
     sigma = gm_mean / params.bold_tsnr
     out = np.empty((*shape, n_vol), np.int16)
+    volume = np.empty(tpl.shape, np.float32)
+    flat = volume.reshape(-1)
     for k in range(n_vol):
-        volume = (
-            base_flat
-            + gm_weight * amplitude * neural[k][column]
-            + csf_weight * phys_csf[k]
-            + wm_weight * phys_wm[k]
-        ).reshape(tpl.shape)
+        flat[:] = base_flat
+        flat[active] += (gm_active * neural[k][column] + csf_active * np.float32(phys_csf[k])
+                         + wm_active * np.float32(phys_wm[k]))
         pose_k = rigid_matrix(motion[k, 3:], motion[k, :3]) @ pose
         value = native_sample(volume, tpl, affine, shape, pose_k, scale) * drift[k]
         if k in spike_volumes:

@@ -96,6 +96,13 @@ def _to_truth_grid(volume, affine):
 
     ref_affine, ref_shape = _truth_grid()
     mat = np.linalg.inv(affine) @ ref_affine
+    offset = np.rint(mat[:3, 3]).astype(int)
+    end = offset + np.asarray(ref_shape)
+    if (np.allclose(mat[:3, :3], np.eye(3)) and np.allclose(mat[:3, 3], offset)
+            and np.all(offset >= 0) and np.all(end <= volume.shape)):
+        # Same voxel size, whole-voxel shift: linear interpolation is a plain crop.
+        crop = volume[offset[0]:end[0], offset[1]:end[1], offset[2]:end[2]]
+        return np.array(crop, copy=True), ref_affine
     data = ndimage.affine_transform(volume, mat[:3, :3], offset=mat[:3, 3],
                                     output_shape=tuple(ref_shape), order=1, mode="nearest")
     return data, ref_affine
@@ -154,7 +161,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     gain = 1.0 + 0.12 * site
     t1 = anatomy.synthesize_t1(
         tpl, tissues, shape=t1_shape, affine=t1_affine, pose=t1_pose, scale=scale,
-        displacement=displacement, gm_contrast=params.site_value(params.site_gm_contrast, site),
+        deformation=deformation, gm_contrast=params.site_value(params.site_gm_contrast, site),
         noise=params.site_value(params.t1_noise, site), gain=gain,
         bias_strength=params.bias_field_strength, rng=rng,
     )
