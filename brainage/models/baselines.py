@@ -45,8 +45,8 @@ class FusionBaselineNet(nn.Module):
 
     Examples
     --------
-    >>> net = FusionBaselineNet({"a": MLPEncoder(5, out_dim=4, hidden=(8,)),
-    ...                          "b": MLPEncoder(3, out_dim=4, hidden=(8,))},
+    >>> net = FusionBaselineNet({"a": MLPEncoder(5, out_dim=4, hidden=(8,), dropout=0.0),
+    ...                          "b": MLPEncoder(3, out_dim=4, hidden=(8,), dropout=0.0)},
     ...                         latent_dim=4, hidden=(8,), dropout=(0.0,)).eval()
     >>> net({"a": torch.zeros(2, 5), "b": torch.zeros(2, 3)})["pred"].shape
     torch.Size([2])

@@ -97,7 +97,8 @@ def _pair_truth(case: SyntheticCase) -> dict:
                                                                   1 + starts[b + 1])]
         sub = cov[np.ix_(idx, idx)]
         res = gaussian_pid_from_cov(sub, case.dims[a], case.dims[b])
-        truth[f"{case.names[a]}|{case.names[b]}"] = res.as_dict()
+        # + 0.0 turns the -0.0 of exactly-zero atoms into 0.0
+        truth[f"{case.names[a]}|{case.names[b]}"] = {k: v + 0.0 for k, v in res.as_dict().items()}
     return truth
 
 
