@@ -255,6 +255,34 @@ def _save(figures: dict, partial: bool = False, name: str = "pidreg") -> None:
     write_result(name, old)
 
 
+def markdown_report(results: dict) -> str:
+    """Render the truth-vs-estimate table and the baselines of a result JSON as markdown."""
+    lines = ["| case | preset | atom | truth | held-out | fitted | weights-atoms | target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in results.get("table", []):
+        for a in ATOMS:
+            ok = "yes" if row["held_out_within_target"][a] else "**no**"
+            lines.append(
+                f"| {row['case']} | {row['preset']} | {a} | {row['truth'][a]:.3f} | "
+                f"{row['held_out'][a]:.3f} | {row['fitted'][a]:.3f} | "
+                f"{row['weights_atoms'][a]:.3f} | {ok} |")
+    lines += ["", "| case | preset | fusion weights (m1, m2, m1⊙m2) | test R² | optimal R² |",
+              "|---|---|---|---|---|"]
+    for row in results.get("table", []):
+        w = row["fusion_weights"]
+        lines.append(f"| {row['case']} | {row['preset']} | {w['m1']:.3f}, {w['m2']:.3f}, "
+                     f"{w['m1|m2']:.3f} | {row['test_r2']:.3f} | {row['optimal_r2']:.3f} |")
+    if results.get("baselines"):
+        names = ["unimodal_m1", "unimodal_m2", "early_fusion", "late_fusion",
+                 "pidreg_default", "pidreg_faithful"]
+        lines += ["", "| case | optimal | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for row in results["baselines"]:
+            vals = " | ".join(f"{row[n]:.3f}" if n in row else "" for n in names)
+            lines.append(f"| {row['case']} | {row['optimal_r2']:.3f} | {vals} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", nargs="+", default=["table", "baselines", "epoch"],
@@ -268,7 +296,12 @@ def main(argv=None) -> None:
     parser.add_argument("--epoch-n", type=int, default=4096)
     parser.add_argument("--vol-n", type=int, default=128)
     parser.add_argument("--epoch-repeats", type=int, default=5)
+    parser.add_argument("--report", action="store_true",
+                        help="print the saved results as markdown tables and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown_report(json.loads((RESULTS / "pidreg.json").read_text())))
+        return
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.n_boot = 600, 600, 5, 0
         args.epoch_n, args.vol_n, args.epoch_repeats = 512, 32, 2
