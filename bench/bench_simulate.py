@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished worker processes."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def participant_figure(root: Path, out: Path) -> None:
     import matplotlib
 
@@ -115,14 +124,26 @@ def main() -> None:
         "versions": {"brainage": __version__, "numpy": numpy.__version__,
                      "scipy": scipy.__version__, "nibabel": nibabel.__version__,
                      "nilearn": nilearn.__version__},
-        "note": "wall-clock seconds on a machine shared with other jobs; includes building the "
-                "model grids once per run",
+        "note": "wall-clock seconds on a machine shared with other jobs (see load_average: "
+                "other processes competed for the same cores, so the figures are upper "
+                "bounds); cpu_seconds is CPU time of this process and its workers; each "
+                "run includes building the model grids once",
+        "load_average_start": list(os.getloadavg()),
     }
-    t0 = time.perf_counter()
-    demo = simulate_cohort(work / "demo", n_subjects=args.n_subjects, preset="demo", seed=0,
-                           n_jobs=args.nprocs)
-    result["demo"] = {"n_subjects": args.n_subjects, "nprocs": args.nprocs,
-                      "seconds": round(time.perf_counter() - t0, 1)}
+
+    def timed(func):
+        cpu0 = _cpu()
+        t0 = time.perf_counter()
+        value = func()
+        return value, round(time.perf_counter() - t0, 1), round(_cpu() - cpu0, 1)
+
+    _test, wall, cpu = timed(lambda: simulate_cohort(work / "test", preset="test", seed=0))
+    result["test"] = {"n_subjects": 4, "nprocs": 1, "seconds": wall, "cpu_seconds": cpu}
+    demo, wall, cpu = timed(lambda: simulate_cohort(
+        work / "demo", n_subjects=args.n_subjects, preset="demo", seed=0, n_jobs=args.nprocs))
+    result["demo"] = {"n_subjects": args.n_subjects, "nprocs": args.nprocs, "seconds": wall,
+                      "cpu_seconds": cpu,
+                      "cpu_seconds_per_participant": round(cpu / args.n_subjects, 2)}
     truth = json.loads((demo / "sourcedata/brainage-truth/truth.json").read_text())
     result["demo"]["pid_bits"] = truth["pid_bits"]
     result["demo"]["oracle_mae_years"] = truth["oracle_mae_years"]
@@ -131,10 +152,11 @@ def main() -> None:
     result["demo"]["age_trends"] = trends_figure(demo, ROOT / "docs/img/simulate_age_trends.png")
     participant_figure(demo, ROOT / "docs/img/simulate_participant_demo.png")
     if not args.skip_default:
-        t0 = time.perf_counter()
-        full = simulate_cohort(work / "default", n_subjects=1, preset="default", seed=0)
-        result["default_one_participant"] = {"seconds": round(time.perf_counter() - t0, 1)}
+        full, wall, cpu = timed(lambda: simulate_cohort(work / "default", n_subjects=1,
+                                                        preset="default", seed=0))
+        result["default_one_participant"] = {"seconds": wall, "cpu_seconds": cpu}
         participant_figure(full, ROOT / "docs/img/simulate_participant.png")
+    result["load_average_end"] = list(os.getloadavg())
     out = ROOT / "bench/results/simulate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
