@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["clean_signals", "interpolate_censored"]
+__all__ = ["clean_signals", "clean_voxels", "interpolate_censored"]
 
 
 def clean_signals(signals: np.ndarray, confounds, sample_mask, *, tr: float,
@@ -55,8 +55,52 @@ def interpolate_censored(cleaned: np.ndarray, sample_mask, n_volumes: int) -> np
     Used only where a method needs an evenly sampled series (the ALFF spectrum).
     """
     kept = np.asarray(sample_mask)
+    if len(kept) == n_volumes:
+        return np.asarray(cleaned)
+    out = np.empty((n_volumes, cleaned.shape[1]), np.asarray(cleaned).dtype)
+    out[kept] = cleaned
     t = np.arange(n_volumes)
-    out = np.empty((n_volumes, cleaned.shape[1]), cleaned.dtype)
-    for j in range(cleaned.shape[1]):
-        out[:, j] = np.interp(t, kept, cleaned[:, j])
+    missing = np.setdiff1d(t, kept)
+    # linear interpolation (constant beyond the ends), vectorised over columns
+    right = np.clip(np.searchsorted(kept, missing), 1, len(kept) - 1)
+    left = right - 1
+    t0, t1 = kept[left], kept[right]
+    w = np.clip((missing - t0) / (t1 - t0), 0.0, 1.0)[:, None]
+    out[missing] = (1 - w) * cleaned[left] + w * cleaned[right]
     return out
+
+
+def clean_voxels(signals: np.ndarray, confounds, sample_mask, *, tr: float,
+                 high_pass: float | None, low_pass: float | None) -> np.ndarray:
+    """Band-pass and confound-clean many voxel series quickly (same order as nilearn).
+
+    nilearn's :func:`~nilearn.signal.clean` with a ``sample_mask`` interpolates
+    censored volumes voxel by voxel, which takes minutes for a whole brain. Here
+    the censored volumes of the detrended signals and of the confounds are
+    interpolated linearly and vectorised, both are filtered with
+    :func:`nilearn.signal.butterworth`, and the filtered confounds are regressed
+    from the filtered signals on the kept volumes only (filtering signals and
+    confounds alike, as nilearn does).
+
+    Returns
+    -------
+    numpy.ndarray of shape (len(sample_mask), n)
+        Not standardised.
+    """
+    from nilearn.signal import butterworth, clean
+
+    kept = np.asarray(sample_mask)
+    n_vol = signals.shape[0]
+    sig = clean(np.asarray(signals, np.float64)[kept], detrend=True, standardize=None,
+                filter=False)
+    sig = interpolate_censored(sig, kept, n_vol)
+    conf = None
+    if confounds is not None and np.asarray(confounds).shape[1]:
+        conf = interpolate_censored(np.asarray(confounds, np.float64)[kept], kept, n_vol)
+    if high_pass or low_pass:
+        sig = butterworth(sig, 1.0 / tr, low_pass=low_pass, high_pass=high_pass, copy=True)
+        if conf is not None:
+            conf = butterworth(conf, 1.0 / tr, low_pass=low_pass, high_pass=high_pass,
+                               copy=True)
+    return clean(sig[kept], detrend=False, standardize=None, filter=False,
+                 confounds=None if conf is None else conf[kept], standardize_confounds=True)

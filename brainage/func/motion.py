@@ -204,7 +204,7 @@ def estimate_motion(
         Gradient-descent iterations per volume.
     target_mm : float
         Voxel size (mm) of the smoothed, downsampled copies registered (the
-        data are shrunk by ``floor(target_mm / voxel size)``).
+        data are shrunk by ``ceil(target_mm / voxel size)``: 3 mm and 4 mm data by 2).
     metric : {"meansquares", "mattes", "CC"}
         ANTs similarity metric (``meansquares`` suits two volumes of one run).
     sampling : float
@@ -226,8 +226,9 @@ def estimate_motion(
     ref_idx = choose_reference(data) if reference_index is None else int(reference_index)
     affine = img.affine
     ref_nib = nib.Nifti1Image(data[..., ref_idx], affine)
+    ref_nib.header.set_xyzt_units("mm", "sec")
     geometry = ants.from_nibabel_nifti(ref_nib)
-    shrink = max(1, int(target_mm // float(min(img.header.get_zooms()[:3]))))
+    shrink = max(1, int(np.ceil(target_mm / float(min(img.header.get_zooms()[:3])) - 1e-6)))
     ref_small = _downsampled(geometry, shrink)
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="brainage-mc-"))
     work.mkdir(parents=True, exist_ok=True)

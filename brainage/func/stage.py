@@ -182,7 +182,7 @@ def _process_run(ctx, bold_run, ents) -> dict:
     from ..atlases import load_atlas
     from ..io import atomic_write_json, atomic_write_tsv, save_nifti
     from . import confounds as cf
-    from .denoise import clean_signals, interpolate_censored
+    from .denoise import clean_signals, clean_voxels, interpolate_censored
     from .features import connectivity, fisher_z, parcel_signals
     from .maps import DMN_SEED_MNI, alff_falff, reho, seed_map
     from .motion import MOTION_COLUMNS, dvars, framewise_displacement
@@ -320,7 +320,7 @@ def _process_run(ctx, bold_run, ents) -> dict:
             series = data[mask].T
             mean = series.mean(axis=0)
             pct = 100.0 * series / np.where(mean == 0, 1.0, mean)
-            bandpassed = clean_signals(pct, regress, kept, tr=tr, standardize=False, **band)
+            bandpassed = clean_voxels(pct, regress.to_numpy(), kept, tr=tr, **band)
             maps = {}
             if "alff" in cfg.maps or "falff" in cfg.maps:
                 unfiltered = clean_signals(pct, regress, kept, tr=tr, standardize=False,

@@ -1,0 +1,326 @@
+"""Unit tests of the functional pipeline's building blocks (tiny synthetic data)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.exceptions import InputFileError
+from brainage.func import confounds as cf
+from brainage.func.features import connectivity, fisher_z
+from brainage.func.load import load_bold, read_sidecar
+from brainage.func.maps import alff_falff, reho, seed_map
+from brainage.func.motion import (
+    affine_to_params,
+    dvars,
+    estimate_motion,
+    framewise_displacement,
+    params_to_affine,
+)
+
+
+def _bold(path, data, tr=2.0, sidecar=None, affine=None):
+    affine = np.diag([4.0, 4.0, 4.0, 1.0]) if affine is None else affine
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    zooms = list(img.header.get_zooms())
+    if len(zooms) == 4:
+        zooms[3] = tr
+        img.header.set_zooms(zooms)
+    nib.save(img, path)
+    side = None
+    if sidecar is not None:
+        side = path.with_name(path.name.replace(".nii.gz", ".json"))
+        side.write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    return path, side
+
+
+@pytest.fixture
+def bold_data(rng):
+    return rng.uniform(100, 200, size=(16, 17, 18, 30))
+
+
+# --------------------------------------------------------------------------- load
+def test_load_reads_tr_from_sidecar_and_drops_dummy_scans(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data, tr=9.0,
+                       sidecar={"RepetitionTime": 1.5})
+    loaded = load_bold(path, side, dummy_scans=4, min_volumes=20)
+    assert loaded.tr == 1.5
+    assert loaded.img.shape[3] == 26
+    assert loaded.n_total == 30
+    np.testing.assert_allclose(np.asarray(loaded.img.dataobj)[..., 0], bold_data[..., 4],
+                               rtol=1e-5)
+    assert loaded.warnings == []
+
+
+def test_load_falls_back_to_header_tr_with_warning(tmp_path, bold_data, caplog):
+    path, _ = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data, tr=2.5)
+    loaded = load_bold(path, None, min_volumes=20)
+    assert loaded.tr == 2.5
+    assert "no RepetitionTime in the sidecar" in loaded.warnings[0]
+    assert "NIfTI header" in caplog.text
+
+
+def test_3d_image_as_bold_is_refused(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data[..., 0],
+                       sidecar={"RepetitionTime": 2.0})
+    with pytest.raises(InputFileError, match=r"sub-01_task-rest_bold.nii.gz.*3D.*expected 4D"):
+        load_bold(path, side)
+
+
+def test_no_tr_anywhere_is_refused(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data, tr=0.0,
+                       sidecar={"EchoTime": 0.03})
+    with pytest.raises(InputFileError, match="no repetition time.*Add RepetitionTime"):
+        load_bold(path, side, min_volumes=20)
+
+
+def test_too_few_volumes_is_refused(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data,
+                       sidecar={"RepetitionTime": 2.0})
+    with pytest.raises(InputFileError, match=r"only 30 volumes \(27 after dropping 3.*at least 28"):
+        load_bold(path, side, dummy_scans=3, min_volumes=28)
+
+
+def test_nan_voxels_are_refused(tmp_path, bold_data):
+    bold_data[3, 4, 5, 6] = np.nan
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data,
+                       sidecar={"RepetitionTime": 2.0})
+    with pytest.raises(InputFileError, match="sub-01_task-rest_bold.nii.gz.*(NaN|finite)"):
+        load_bold(path, side, min_volumes=20)
+
+
+def test_invalid_json_sidecar_is_refused(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data,
+                       sidecar='{"RepetitionTime": 2.0,,}')
+    with pytest.raises(InputFileError, match="sub-01_task-rest_bold.json: the sidecar is not "
+                                             "valid JSON"):
+        read_sidecar(side)
+    with pytest.raises(InputFileError, match="not valid JSON"):
+        load_bold(path, side, min_volumes=20)
+
+
+def test_sidecar_tr_in_milliseconds_is_refused(tmp_path, bold_data):
+    path, side = _bold(tmp_path / "sub-01_task-rest_bold.nii.gz", bold_data,
+                       sidecar={"RepetitionTime": 2000})
+    with pytest.raises(InputFileError, match="milliseconds must be divided by 1000"):
+        load_bold(path, side, min_volumes=20)
+
+
+def test_bold_fov_outside_the_brain_is_refused(tmp_path):
+    from brainage.func.registration import check_overlap
+
+    brain = np.zeros((20, 22, 24), np.uint8)
+    brain[5:15, 5:17, 5:19] = 1
+    brain_img = nib.Nifti1Image(brain, np.diag([4.0, 4.0, 4.0, 1.0]))
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    bold = nib.Nifti1Image(np.ones((20, 22, 24, 3), np.float32), affine)
+    assert check_overlap(bold, brain_img, "bold.nii.gz") == 1.0
+    far = affine.copy()
+    far[:3, 3] = [400.0, 0.0, 0.0]
+    bold_far = nib.Nifti1Image(np.ones((20, 22, 24, 3), np.float32), far)
+    with pytest.raises(InputFileError, match="bold.nii.gz: the BOLD field of view covers only 0%"):
+        check_overlap(bold_far, brain_img, "bold.nii.gz")
+
+
+# --------------------------------------------------------------------------- motion
+def test_params_affine_round_trip():
+    p = np.array([1.0, -2.0, 0.5, 0.02, -0.01, 0.03])
+    np.testing.assert_allclose(affine_to_params(params_to_affine(p)), p, atol=1e-12)
+
+
+def test_framewise_displacement_power():
+    p = np.zeros((4, 6))
+    p[1, 0] = 0.2
+    p[2, 0] = 0.2
+    p[2, 5] = 0.01  # 0.01 rad on a 50 mm sphere = 0.5 mm
+    p[3, 1] = -0.3
+    np.testing.assert_allclose(framewise_displacement(p), [0.0, 0.2, 0.5, 1.0], atol=1e-12)
+
+
+def test_dvars_is_rms_of_the_volume_difference():
+    data = np.zeros((3, 4))
+    data[1] = 2.0
+    data[2] = [2.0, 2.0, 4.0, 4.0]
+    np.testing.assert_allclose(dvars(data), [0.0, 2.0, np.sqrt(2.0)])
+
+
+@pytest.fixture(scope="module")
+def moving_head():
+    """An MNI template at 6 mm seen in 8 volumes with a known rigid motion."""
+    from nilearn.datasets import load_mni152_template
+    from nilearn.image import resample_img
+
+    rng = np.random.default_rng(7)
+    t1 = load_mni152_template(resolution=2)
+    truth = np.cumsum(rng.normal(0, [0.8, 0.8, 0.8, 0.012, 0.012, 0.012], (8, 6)), 0)
+    truth -= truth[0]
+    grid = np.diag([6.0, 6.0, 6.0, 1.0])
+    grid[:3, 3] = [-96.0, -132.0, -78.0]
+    vols = []
+    for p in truth:
+        moved = resample_img(t1, target_affine=np.linalg.inv(params_to_affine(p)) @ grid,
+                             target_shape=(33, 39, 32), interpolation="continuous",
+                             force_resample=True, copy_header=True).get_fdata()
+        vols.append(moved + rng.normal(0, 0.01 * moved.max(), moved.shape))
+    img = nib.Nifti1Image(np.stack(vols, -1).astype(np.float32), grid)
+    return img, truth
+
+
+def test_motion_estimates_match_the_known_motion(moving_head, tmp_path):
+    img, truth = moving_head
+    result = estimate_motion(img, reference_index=0, iterations=20, work_dir=tmp_path)
+    assert result.reference_index == 0
+    # displacement error of points on a 50 mm sphere around the brain's centre
+    # (ANTs samples voxels at random, so single parameters trade off a little)
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(200, 3))
+    pts = 50 * pts / np.linalg.norm(pts, axis=1, keepdims=True) + [0.0, -18.0, 18.0]
+    pts = np.c_[pts, np.ones(200)]
+    errors = [
+        np.sqrt(np.mean(np.sum(((params_to_affine(e) - params_to_affine(t)) @ pts.T)[:3] ** 2,
+                               axis=0)))
+        for e, t in zip(result.params, truth)
+    ]
+    moved = [np.sqrt(np.mean(np.sum(((params_to_affine(t) - np.eye(4)) @ pts.T)[:3] ** 2, 0)))
+             for t in truth]
+    assert max(moved) > 2.5  # the head moves by millimetres
+    assert max(errors) < 0.8  # mm, on 6 mm voxels (about a tenth of a voxel)
+    assert np.mean(errors) < 0.5
+    fd_true, fd_est = framewise_displacement(truth), framewise_displacement(result.params)
+    assert np.corrcoef(fd_true[1:], fd_est[1:])[0, 1] > 0.8
+
+
+# --------------------------------------------------------------------------- confounds
+def test_expand_24_values():
+    base = pd.DataFrame({"trans_x": [1.0, 3.0, 2.0]})
+    out = cf.expand_24(base)
+    np.testing.assert_allclose(out["trans_x_derivative1"], [0.0, 2.0, -1.0])
+    np.testing.assert_allclose(out["trans_x_power2"], [1.0, 9.0, 4.0])
+    np.testing.assert_allclose(out["trans_x_derivative1_power2"], [0.0, 4.0, 1.0])
+
+
+def test_regressors_motion_models_and_tissue():
+    params = pd.DataFrame(np.ones((5, 6)), columns=cf.MOTION_COLUMNS)
+    table = cf.expand_24(params).assign(white_matter=1.0, csf=2.0, global_signal=3.0,
+                                        framewise_displacement=0.0)
+    assert cf.regressors(table, global_signal=False).shape[1] == 26
+    six = cf.regressors(table, global_signal=True, motion_model=6)
+    assert list(six.columns) == [*cf.MOTION_COLUMNS, "white_matter", "csf", "global_signal"]
+    assert cf.regressors(table, global_signal=False, motion_model=12).shape[1] == 14
+
+
+def test_band_dof():
+    # 100 volumes, TR 2 s (Nyquist 0.25 Hz), band 0.01-0.06 Hz: 100 * 0.05 / 0.25 = 20
+    assert cf.band_dof(100, 2.0, 0.01, 0.06) == pytest.approx(20.0)
+
+
+def test_tissue_signal_uses_only_confident_voxels(rng):
+    data = rng.normal(size=(10, 10, 10, 5))
+    prob = np.zeros((10, 10, 10))
+    prob[2:8, 2:8, 2:8] = 1.0
+    data[2:8, 2:8, 2:8] = np.arange(5.0)
+    np.testing.assert_allclose(cf.tissue_signal(data, prob), np.arange(5.0))
+
+
+def test_motion_outliers_threshold():
+    assert cf.motion_outliers(np.array([0.0, 0.6, 0.5, 0.1]), 0.5).tolist() == [
+        False, True, False, False]
+
+
+# --------------------------------------------------------------------------- maps
+def test_reho_identical_neighbours_is_one_and_noise_is_low(rng):
+    same = np.broadcast_to(rng.standard_normal(40), (3, 3, 3, 40)).copy()
+    assert reho(same, np.ones((3, 3, 3), bool))[1, 1, 1] == pytest.approx(1.0)
+    noise = rng.standard_normal((5, 6, 7, 60))
+    w = reho(noise, np.ones((5, 6, 7), bool))
+    assert w[2, 3, 3] < 0.1
+
+
+def test_reho_matches_kendalls_w_by_hand(rng):
+    from scipy.stats import rankdata
+
+    y = rng.standard_normal((5, 6, 7, 50))
+    w = reho(y, np.ones((5, 6, 7), bool))
+    block = y[1:4, 2:5, 2:5].reshape(27, 50)
+    s = rankdata(block, axis=1).sum(0)
+    n, k = 50, 27
+    expected = (np.sum(s**2) - n * (k * (n + 1) / 2) ** 2) / (k**2 * (n**3 - n) / 12)
+    assert w[2, 3, 3] == pytest.approx(expected, rel=1e-5)
+
+
+def test_reho_leaves_out_neighbours_outside_the_mask(rng):
+    y = rng.standard_normal((3, 3, 3, 30))
+    y[1, 1, 1] = y[0, 1, 1]
+    mask = np.zeros((3, 3, 3), bool)
+    mask[0, 1, 1] = mask[1, 1, 1] = True
+    assert reho(y, mask)[1, 1, 1] == pytest.approx(1.0)
+
+
+def test_alff_and_falff_of_a_sinusoid():
+    tr, n = 2.0, 200
+    t = np.arange(n) * tr
+    inside = 3.0 * np.sin(2 * np.pi * 0.05 * t)
+    outside = 3.0 * np.sin(2 * np.pi * 0.2 * t)
+    alff, falff = alff_falff(np.stack([inside, outside], 1), tr, (0.01, 0.08))
+    assert alff[0] > 10 * alff[1]
+    assert falff[0] > 0.9
+    assert falff[1] < 0.1
+
+
+def test_seed_map_is_fisher_z_of_correlation(rng):
+    seed = rng.standard_normal(100)
+    series = np.stack([seed, -seed, rng.standard_normal(100)], 1)
+    z = seed_map(series, seed)
+    assert z[0] > 5 and z[1] < -5
+    assert abs(z[2]) < 0.3
+
+
+# --------------------------------------------------------------------------- connectivity
+def test_connectivity_keeps_missing_regions_as_nan(rng):
+    x = rng.standard_normal((50, 3))
+    x[:, 1] = x[:, 0] + 0.1 * rng.standard_normal(50)
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(d=np.nan)
+    mat = connectivity(frame)
+    assert mat.loc["a", "b"] > 0.9
+    assert mat.loc["a", "a"] == pytest.approx(1.0)
+    assert mat["d"].isna().all()
+    z = fisher_z(mat.to_numpy())
+    assert z[0, 0] == 0.0
+    assert z[0, 1] == pytest.approx(np.arctanh(mat.loc["a", "b"]))
+
+
+# --------------------------------------------------------------------------- denoising
+def test_interpolate_censored_fills_gaps_linearly(rng):
+    from brainage.func.denoise import interpolate_censored
+
+    x = rng.normal(size=(10, 3))
+    kept = np.array([0, 1, 2, 5, 6, 9])
+    full = interpolate_censored(x[kept], kept, 10)
+    np.testing.assert_allclose(full[kept], x[kept])
+    np.testing.assert_allclose(full[3], x[2] * 2 / 3 + x[5] / 3)
+    np.testing.assert_allclose(full[8], x[6] / 3 + x[9] * 2 / 3)
+
+
+def test_clean_voxels_agrees_with_nilearn_clean(rng):
+    from brainage.func.denoise import clean_signals, clean_voxels
+
+    n_vol = 120
+    t = np.arange(n_vol) * 2.0
+    confounds = rng.normal(size=(n_vol, 4))
+    signal = np.sin(2 * np.pi * 0.04 * t)[:, None] + rng.normal(0, 0.5, (n_vol, 20))
+    data = 100 + signal + confounds @ rng.normal(size=(4, 20)) + 0.01 * t[:, None]
+    kept = np.setdiff1d(np.arange(n_vol), [10, 11, 60, 90])
+    ref = clean_signals(data, confounds, kept, tr=2.0, high_pass=0.01, low_pass=0.08,
+                        standardize=False)
+    fast = clean_voxels(data, confounds, kept, tr=2.0, high_pass=0.01, low_pass=0.08)
+    assert fast.shape == (len(kept), 20)
+    r = [np.corrcoef(ref[:, j], fast[:, j])[0, 1] for j in range(20)]
+    assert min(r) > 0.95
+    # the band-limited sinusoid survives, the confounds do not
+    assert np.corrcoef(fast.mean(axis=1), np.sin(2 * np.pi * 0.04 * t[kept]))[0, 1] > 0.9
+    assert abs(np.corrcoef(fast[:, 0], confounds[kept, 0])[0, 1]) < 0.2
