@@ -88,10 +88,10 @@ def _native_to_mni(ctx, bold_run, cfg, template, tmask):
     from .registration import check_overlap, register_epi_to_t1, resample_to_mni
 
     with ctx.step("load"):
-        loaded = load_bold(bold_run.path, bold_run.sidecar, dummy_scans=cfg.dummy_scans,
-                           min_volumes=cfg.min_volumes)
         anat = anat_outputs(ctx.output_dir, ctx.subject,
                             resolution=ctx.config.anat.output_resolution)
+        loaded = load_bold(bold_run.path, bold_run.sidecar, dummy_scans=cfg.dummy_scans,
+                           min_volumes=cfg.min_volumes)
         t1w = nib.load(anat.t1w)
         brain = nib.load(anat.brain_mask)
         overlap = check_overlap(loaded.img, brain, bold_run.path)
