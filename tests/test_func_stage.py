@@ -11,7 +11,7 @@ import pytest
 
 from brainage.bids import BoldRun, ParticipantInputs
 from brainage.config import parse_config
-from brainage.func.motion import MOTION_COLUMNS
+from brainage.func.motion import MOTION_COLUMNS, params_to_affine
 from brainage.stages import StageContext
 
 
@@ -171,3 +171,85 @@ def test_missing_structural_outputs_is_a_clear_error(tmp_path):
     _, bold_run, _ = _fmriprep_dataset(tmp_path)
     with pytest.raises(AnatOutputsMissingError, match="--modalities anat"):
         run(_context(tmp_path, bold_run, None))
+
+
+@pytest.mark.slow
+def test_end_to_end_on_simulated_participants_with_bad_inputs(tmp_path):
+    """anat + func on simulated participants: accurate results, bad BOLD runs fail alone."""
+    from brainage.bids import discover_inputs
+    from brainage.parallel import run_participants
+    from brainage.simulate import simulate_cohort
+    from brainage.stages import resolve_stages
+
+    root = simulate_cohort(tmp_path / "ds", n_subjects=6, preset="test", seed=1,
+                           n_volumes=100, bold_voxel_size=4.0)
+    func = {s: root / f"sub-{s}" / "func" / f"sub-{s}_task-rest_bold.nii.gz"
+            for s in ("03", "04", "05", "06")}
+    img = nib.load(func["04"])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), func["04"])
+    img = nib.load(func["05"])
+    far = img.affine.copy()
+    far[:3, 3] += [300.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), far, img.header), func["05"])
+    img = nib.load(func["06"])
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[10:12, 10:12, 10:12, :] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), func["06"])
+
+    config = parse_config({"name": "test", "anat": {"registration": {"syn_iterations": [20, 10, 0]}},
+                           "func": {"output_resolution": 4.0}})
+    out = tmp_path / "out"
+    parts = discover_inputs(root)
+    # broken after discovery: pybids itself refuses to index an invalid JSON sidecar
+    (root / "sub-03/func/sub-03_task-rest_bold.json").write_text('{"RepetitionTime": 2.0,,}')
+    summary = run_participants(parts, resolve_stages(["anat", "func"]), config, out, nprocs=1)
+    done = sorted((r.subject, r.stage) for r in summary.done)
+    assert ("01", "func") in done and ("02", "func") in done
+    failed = {r.subject: r.error for r in summary.failed}
+    assert sorted(failed) == ["03", "04", "05", "06"]
+    assert "sub-03_task-rest_bold.json: the sidecar is not valid JSON" in failed["03"]
+    assert "expected 4D" in failed["04"]
+    assert "field of view covers only" in failed["05"]
+    assert "sub-06_task-rest_bold.nii.gz" in failed["06"] and "NaN" in failed["06"]
+    for sub in ("03", "04", "05", "06"):
+        assert not (out / f"sub-{sub}" / "func").exists()
+
+    truth = root / "sourcedata" / "brainage-truth"
+    parcel_r, relmat_r = [], []
+    for sub in ("01", "02"):
+        f = out / f"sub-{sub}" / "func"
+        t = truth / f"sub-{sub}" / "func"
+        ours = pd.read_csv(f / f"sub-{sub}_task-rest_atlas-HarvardOxford_timeseries.tsv",
+                           sep="\t", na_values="n/a")
+        true = pd.read_csv(t / f"sub-{sub}_task-rest_atlas-HarvardOxford_timeseries.tsv",
+                           sep="\t")
+        rows = ours[true.columns].notna().all(axis=1).to_numpy()
+        parcel_r += [np.corrcoef(ours.loc[rows, c], true.loc[rows, c])[0, 1]
+                     for c in true.columns]
+        name = "atlas-HarvardOxford_meas-PearsonCorrelation_relmat.tsv"
+        a = pd.read_csv(f / f"sub-{sub}_task-rest_{name}", sep="\t", index_col=0)
+        b = pd.read_csv(t / f"sub-{sub}_task-rest_{name}", sep="\t", index_col=0)
+        a = a.loc[b.index, b.columns].to_numpy()
+        iu = np.triu_indices(len(b), 1)
+        relmat_r.append(np.corrcoef(a[iu], b.to_numpy()[iu])[0, 1])
+        # motion: ours re-referenced to volume 0 against the simulator's motion
+        conf = pd.read_csv(f / f"sub-{sub}_task-rest_desc-confounds_timeseries.tsv", sep="\t",
+                           na_values="n/a")
+        motion = pd.read_csv(t / f"sub-{sub}_task-rest_desc-motion_timeseries.tsv", sep="\t")
+        est = conf[list(MOTION_COLUMNS)].to_numpy()
+        inv0 = np.linalg.inv(params_to_affine(est[0]))
+        pts = np.c_[np.random.default_rng(0).normal(0, 30, (100, 3)), np.ones(100)]
+        err = [np.sqrt(np.mean(np.sum(((params_to_affine(e) @ inv0 - params_to_affine(m))
+                                       @ pts.T)[:3] ** 2, axis=0)))
+               for e, m in zip(est, motion[list(MOTION_COLUMNS)].to_numpy())]
+        assert np.median(err) < 0.15 and max(err) < 0.6
+        # simulated spikes (true FD > 0.6 mm) are scrubbed
+        spikes = np.flatnonzero(motion["framewise_displacement"].fillna(0) > 0.6)
+        assert len(spikes) and conf["motion_outlier"].to_numpy()[spikes].all()
+        assert (f / f"sub-{sub}_task-rest_space-MNI152NLin2009aSym_res-4_desc-reho_boldmap.nii.gz"
+                ).is_file()
+        assert (out / f"sub-{sub}" / "figures" / f"sub-{sub}_task-rest_desc-carpet_bold.svg"
+                ).is_file()
+    # measured here: parcels median r 0.81, connectivity r 0.86-0.90 (issue target: 0.8)
+    assert np.median(parcel_r) >= 0.78
+    assert np.median(relmat_r) >= 0.8

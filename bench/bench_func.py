@@ -1,0 +1,205 @@
+"""Benchmark of the functional stage: one 10-minute run (300 volumes, TR 2 s, 3 mm).
+
+Writes ``bench/results/func.json`` with machine info, versions and:
+
+- ``stage``: wall time per step of the functional stage (motion, registration,
+  resampling, confounds, parcels, maps, QC), total wall time, peak memory (RSS of
+  the worker process), on one simulated participant;
+- ``motion``: time per volume and accuracy against the simulator's true motion
+  for antspyx ``motion_correction`` with its defaults (on a subset of volumes),
+  lighter ANTs settings, and the settings the stage uses;
+- ``accuracy``: parcel time series and connectivity against the simulator's truth.
+
+Usage::
+
+    .venv/bin/python bench/bench_func.py [--volumes 300] [--motion-subset 20] [--out DIR]
+
+Timings taken while other jobs share the CPU are inflated; the JSON records the
+load average at the start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
+
+
+def _machine():
+    import ants
+    import nilearn
+
+    import brainage
+
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "brainage": brainage.__version__, "antspyx": ants.__version__,
+        "nilearn": nilearn.__version__, "numpy": np.__version__,
+        "itk_threads": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"),
+    }
+
+
+def _motion_error(est, truth, ref):
+    """RMS displacement error (mm) of points within 50 mm of the brain centre, per volume."""
+    from brainage.func.motion import params_to_affine
+
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(300, 3))
+    pts = 50 * pts / np.linalg.norm(pts, axis=1, keepdims=True) + [0.0, -18.0, 18.0]
+    pts = np.c_[pts, np.ones(len(pts))]
+    inv0 = np.linalg.inv(est[ref]) @ params_to_affine(truth[ref])
+    out = []
+    for e, t in zip(est, truth):
+        d = ((e @ inv0 - params_to_affine(t)) @ pts.T)[:3]
+        out.append(float(np.sqrt(np.mean(np.sum(d**2, axis=0)))))
+    return np.array(out)
+
+
+def bench_motion(bold_path, truth_motion, subset: int):
+    """Compare motion-estimation settings for time per volume and accuracy."""
+    import ants
+    import nibabel as nib
+
+    from brainage.func.motion import ants_to_ras, estimate_motion
+    from brainage.func.registration import to_ants
+
+    img = nib.as_closest_canonical(nib.load(bold_path))
+    data = np.asarray(img.dataobj, np.float32)
+    n = data.shape[3]
+    results = {}
+
+    def summary(name, affines, seconds, n_done, ref, **extra):
+        err = _motion_error(affines, truth_motion[: len(affines)], ref)
+        results[name] = {
+            "seconds_per_volume": round(seconds / n_done, 4),
+            "extrapolated_seconds_300_volumes": round(300 * seconds / n_done, 1),
+            "volumes": n_done, "rms_error_mm_median": round(float(np.median(err)), 4),
+            "rms_error_mm_max": round(float(np.max(err)), 4), **extra,
+        }
+        print(name, results[name], flush=True)
+
+    # antspyx motion_correction, defaults and lighter settings (subset of volumes)
+    sub = nib.Nifti1Image(data[..., :subset], img.affine)
+    sub.header.set_xyzt_units("mm", "sec")
+    sub_ants = ants.from_nibabel_nifti(sub)
+    fixed = to_ants(nib.Nifti1Image(data[..., 0], img.affine))
+    for name, kwargs in (
+        ("antspyx motion_correction defaults (BOLDRigid)", {}),
+        ("antspyx motion_correction Rigid meansquares 2x1 shrink, 20x5 iterations",
+         {"type_of_transform": "Rigid", "aff_metric": "meansquares",
+          "aff_iterations": (20, 5), "aff_shrink_factors": (2, 1),
+          "aff_smoothing_sigmas": (1, 0)}),
+    ):
+        t0 = time.perf_counter()
+        mc = ants.motion_correction(sub_ants, fixed=fixed, **kwargs)
+        seconds = time.perf_counter() - t0
+        affines = np.array([ants_to_ras(ants.read_transform(p[0]))
+                            for p in mc["motion_parameters"]])
+        summary(name, affines, seconds, subset, 0)
+    for name, kwargs in (
+        ("brainage: shrink to 6 mm, meansquares, 10 iterations, start from previous", {}),
+        ("brainage settings, 20 iterations", {"iterations": 20}),
+        ("brainage settings, no start from previous", {"init_previous": False}),
+        ("brainage settings, no downsampling", {"target_mm": 1.0}),
+    ):
+        n_use = n if not kwargs else min(n, 4 * subset)
+        part = nib.Nifti1Image(data[..., :n_use], img.affine)
+        t0 = time.perf_counter()
+        res = estimate_motion(part, reference_index=0, **kwargs)
+        seconds = time.perf_counter() - t0
+        summary(name, res.affines, seconds, n_use, 0)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=300)
+    parser.add_argument("--motion-subset", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/brainage-bench-func"))
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+
+    from brainage.bids import discover_inputs
+    from brainage.config import config_to_dict, load_config, parse_config
+    from brainage.func.motion import MOTION_COLUMNS
+    from brainage.parallel import run_participants
+    from brainage.simulate import simulate_cohort
+    from brainage.stages import record_path, resolve_stages
+
+    result = {"machine": _machine(), "settings": vars(args) | {"out": str(args.out)}}
+    root = args.out / "ds"
+    if not root.exists():
+        simulate_cohort(root, n_subjects=1, preset="default", seed=11, n_volumes=args.volumes,
+                        t1_voxel_size=2.5)
+    cfg = config_to_dict(load_config("demo"))
+    cfg["func"].update(output_resolution=3.0)
+    cfg["run"].update(nprocs=1, threads_per_process=2)
+    config = parse_config(cfg)
+    out = args.out / "out"
+    parts = discover_inputs(root)
+    run_participants(parts, resolve_stages(["anat"]), config, out, nprocs=1)
+    # func alone, in a fresh worker process, timed
+    for rec in out.glob("sub-*/log/*func_provenance.json"):
+        rec.unlink()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    summary = run_participants(parts, resolve_stages(["anat", "func"]), config, out, nprocs=1)
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    record = json.loads(record_path(out, "01", "func").read_text())
+    result["stage"] = {
+        "status": [(r.subject, r.stage, r.status) for r in summary.done + summary.failed],
+        "stage_seconds": record["seconds"], "wall_seconds_including_worker_start": round(wall, 1),
+        "steps_seconds": record["timings"],
+        "peak_rss_gb_worker": round(peak_kb / 1024**2, 2),
+        "peak_rss_note": "max RSS of any worker process of this script (the anat worker "
+                         f"before: {before / 1024**2:.2f} GB)",
+        "target": "<= 120 s wall and <= 4 GB on 2 CPU cores",
+    }
+    print(json.dumps(result["stage"], indent=1), flush=True)
+
+    truth = root / "sourcedata" / "brainage-truth" / "sub-01" / "func"
+    func = out / "sub-01" / "func"
+    ours = pd.read_csv(func / "sub-01_task-rest_atlas-HarvardOxford_timeseries.tsv", sep="\t",
+                       na_values="n/a")
+    true = pd.read_csv(truth / "sub-01_task-rest_atlas-HarvardOxford_timeseries.tsv", sep="\t")
+    rows = ours[true.columns].notna().all(axis=1).to_numpy()
+    r = [np.corrcoef(ours.loc[rows, c], true.loc[rows, c])[0, 1] for c in true.columns]
+    name = "sub-01_task-rest_atlas-HarvardOxford_meas-PearsonCorrelation_relmat.tsv"
+    a = pd.read_csv(func / name, sep="\t", index_col=0)
+    b = pd.read_csv(truth / name, sep="\t", index_col=0)
+    iu = np.triu_indices(len(b), 1)
+    rc = np.corrcoef(a.loc[b.index, b.columns].to_numpy()[iu], b.to_numpy()[iu])[0, 1]
+    qc = json.loads((func / "sub-01_task-rest_desc-qc_bold.json").read_text())
+    result["accuracy"] = {
+        "parcel_timeseries_r_median": round(float(np.median(r)), 3),
+        "connectivity_r": round(float(rc), 3),
+        "qc": {k: qc[k] for k in ("mean_fd", "max_fd", "percent_scrubbed", "tsnr",
+                                  "motion_model", "flags")},
+    }
+    print(result["accuracy"], flush=True)
+
+    truth_motion = pd.read_csv(truth / "sub-01_task-rest_desc-motion_timeseries.tsv",
+                               sep="\t")[list(MOTION_COLUMNS)].to_numpy()
+    result["motion"] = bench_motion(root / "sub-01/func/sub-01_task-rest_bold.nii.gz",
+                                    truth_motion, args.motion_subset)
+    result["machine"]["load_average_end"] = os.getloadavg()
+    dest = Path(__file__).parent / "results" / "func.json"
+    dest.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print("wrote", dest)
+
+
+if __name__ == "__main__":
+    main()
