@@ -101,7 +101,7 @@ def _native_to_mni(ctx, bold_run, cfg, template, tmask):
     with ctx.step("registration"):
         reg = register_epi_to_t1(motion.reference, t1w, brain, ctx.work_dir / "coreg")
     with ctx.step("resample"):
-        data, coverage = resample_to_mni(loaded.img, motion.transforms, reg["transform"],
+        data, coverage = resample_to_mni(loaded.img, motion.affines, reg["transform"],
                                          str(anat.xfm_t1w_to_mni), template, ctx.work_dir)
     tissues = {}
     from nilearn.image import resample_to_img
