@@ -327,6 +327,10 @@ def train_model(
                 ys = torch.cat(win_y)[-win_len:]
                 with torch.no_grad():
                     atoms = _pid_atoms(ys, zs, pairs, bias_correction=cfg.pid_bias_correction)
+            if world > 1:  # every rank must take part in the reduction, or none
+                ok = all_reduce_mean(torch.tensor(float(atoms is not None), dtype=torch.float64))
+                if float(ok) < 1.0:
+                    atoms = None
             if atoms is not None:
                 atoms = _reduce_atoms(atoms)
                 atom_hist.append(atoms)
