@@ -312,7 +312,8 @@ def discover_inputs(
     if "func" in modalities and not any(p.bold for p in found) and "anat" not in modalities:
         raise BIDSError(
             f"no BOLD run found in {bids_dir} "
-            "(expected sub-<label>/func/sub-<label>_task-<name>_bold.nii[.gz]); run with --modalities anat, or add the functional data"
+            "(expected sub-<label>/func/sub-<label>_task-<name>_bold.nii[.gz]); "
+            "run with --modalities anat, or add the functional data"
         )
     return found
 
