@@ -200,6 +200,8 @@ def main(argv=None):
                         help="also simulate N participants and measure the age effect on "
                              "within-DMN connectivity (only this part runs if --only-age)")
     parser.add_argument("--only-age", action="store_true")
+    parser.add_argument("--keep-motion", action="store_true",
+                        help="reuse the motion comparison of the previous results file")
     args = parser.parse_args(argv)
     dest = Path(__file__).parent / "results" / "func.json"
     if args.only_age:
@@ -219,6 +221,7 @@ def main(argv=None):
     from brainage.stages import record_path, resolve_stages
 
     result = {"machine": _machine(), "settings": vars(args) | {"out": str(args.out)}}
+    dest = Path(__file__).parent / "results" / "func.json"
     root = args.out / "ds"
     if not root.exists():
         simulate_cohort(root, n_subjects=1, preset="default", seed=11, n_volumes=args.volumes,
@@ -273,8 +276,12 @@ def main(argv=None):
 
     truth_motion = pd.read_csv(truth / "sub-01_task-rest_desc-motion_timeseries.tsv",
                                sep="\t")[list(MOTION_COLUMNS)].to_numpy()
-    result["motion"] = bench_motion(root / "sub-01/func/sub-01_task-rest_bold.nii.gz",
-                                    truth_motion, args.motion_subset)
+    previous = json.loads(dest.read_text()) if dest.is_file() else {}
+    if args.keep_motion and "motion" in previous:
+        result["motion"] = previous["motion"]
+    else:
+        result["motion"] = bench_motion(root / "sub-01/func/sub-01_task-rest_bold.nii.gz",
+                                        truth_motion, args.motion_subset)
     if args.age_cohort:
         result["age_effect"] = bench_age_effect(args.age_cohort, args.out)
     result["machine"]["load_average_end"] = os.getloadavg()

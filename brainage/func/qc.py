@@ -70,7 +70,8 @@ def carpet_plot(img, mask_img, tr: float, fd: np.ndarray, scrubbed: np.ndarray, 
     scrubbed : bool array of shape (T,)
         Scrubbed volumes (marked in red).
     path : path-like
-        Destination (``.svg``); written atomically.
+        Destination (``.svg`` in the pipeline; any matplotlib format by suffix); written
+        atomically.
     """
     import matplotlib
 
@@ -94,6 +95,6 @@ def carpet_plot(img, mask_img, tr: float, fd: np.ndarray, scrubbed: np.ndarray, 
     plot_carpet(img, mask_img=mask_img, t_r=tr, axes=bottom, figure=fig, standardize="zscore_sample")
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="svg")
+            fig.savefig(tmp)  # format from the suffix (.svg in the pipeline)
     finally:
         plt.close(fig)

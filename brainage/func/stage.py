@@ -328,20 +328,17 @@ def _process_run(ctx, bold_run, ents) -> dict:
                 even = interpolate_censored(unfiltered, kept, n_vol)
                 alff, falff = alff_falff(even, tr, (cfg.high_pass, band["low_pass"]))
                 maps["alff"], maps["falff"] = alff, falff
-            if "reho" in cfg.maps:
+            if "reho" in cfg.maps or "dmn" in cfg.maps:
                 vol = np.zeros((*mask.shape, len(kept)), np.float32)
                 vol[mask] = bandpassed.T
+            if "reho" in cfg.maps:
                 maps["reho"] = reho(vol, mask)[mask]
             if "dmn" in cfg.maps:
                 from nilearn.maskers import NiftiSpheresMasker
 
-                seed_img = nib.Nifti1Image(np.zeros((*mask.shape, len(kept)), np.float32), affine)
-                seed_data = np.zeros((*mask.shape, len(kept)), np.float32)
-                seed_data[mask] = bandpassed.T
-                seed_img = nib.Nifti1Image(seed_data, affine)
                 seed = NiftiSpheresMasker([DMN_SEED_MNI], radius=8.0, mask_img=mask_img,
                                           standardize=None)
-                seed_ts = seed.fit_transform(seed_img)[:, 0]
+                seed_ts = seed.fit_transform(nib.Nifti1Image(vol, affine))[:, 0]
                 maps["dmn"] = seed_map(bandpassed, seed_ts)
             for name in cfg.maps:
                 vol = np.zeros(mask.shape, np.float32)
