@@ -36,3 +36,15 @@ def test_nifti_gz_is_deterministic_and_readable(tmp_path, img_3d):
     np.testing.assert_allclose(nib.load(a).get_fdata(), img_3d.get_fdata())
     plain = save_nifti(img_3d, tmp_path / "c.nii")
     np.testing.assert_allclose(nib.load(plain).get_fdata(), img_3d.get_fdata())
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.tsv", "a\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
