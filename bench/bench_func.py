@@ -108,7 +108,8 @@ def bench_motion(bold_path, truth_motion, subset: int):
                             for p in mc["motion_parameters"]])
         summary(name, affines, seconds, subset, 0)
     for name, kwargs in (
-        ("brainage: shrink to 6 mm, meansquares, 10 iterations, start from previous", {}),
+        ("brainage: shrink to 6 mm, mattes, 10 iterations, start from previous", {}),
+        ("brainage settings with meansquares", {"metric": "meansquares"}),
         ("brainage settings, 20 iterations", {"iterations": 20}),
         ("brainage settings, no start from previous", {"init_previous": False}),
         ("brainage settings, no downsampling", {"target_mm": 1.0}),
