@@ -206,8 +206,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     dest = Path(__file__).parent / "results" / "func.json"
     if args.only_age:
+        age = bench_age_effect(args.age_cohort, args.out)
         result = json.loads(dest.read_text()) if dest.is_file() else {"machine": _machine()}
-        result["age_effect"] = bench_age_effect(args.age_cohort, args.out)
+        result["age_effect"] = age
         print(result["age_effect"], flush=True)
         dest.write_text(json.dumps(result, indent=2, default=str) + "\n")
         return

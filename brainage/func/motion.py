@@ -7,8 +7,9 @@ measurement (``bench/bench_func.py``; see ``docs/func.md``): antspyx's
 Mattes-MI rigid registration of copies smoothed and downsampled to about
 6 mm, started from the previous volume's estimate, with 10 iterations, costs a
 tenth of that and recovers the simulator's true motion to about 0.1 mm (it
-underestimates framewise displacement by about 15 %). Only the parameters are estimated here; the data are resampled
-once, later, together with the EPI → T1w → MNI transforms.
+underestimates framewise displacement by about 15 %). Only the parameters are
+estimated here; the data are resampled once, later, together with the
+EPI → T1w → MNI transforms.
 
 Motion parameters follow the fMRIPrep column names (``trans_x … rot_z``;
 millimetres and radians, RAS scanner coordinates): the rigid map
