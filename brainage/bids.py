@@ -258,11 +258,17 @@ def discover_inputs(
     UsageError
         A requested participant label does not exist (the message lists those that do).
     """
-    from bids import BIDSLayout
+    from bids import BIDSLayout, BIDSLayoutIndexer
 
     bids_dir = Path(bids_dir).resolve()
     _check_bids_root(bids_dir)
-    layout = BIDSLayout(str(bids_dir), validate=validate, derivatives=False)
+    # sidecars are read by the stages (a broken one fails only its participant), not indexed here
+    layout = BIDSLayout(
+        str(bids_dir),
+        validate=validate,
+        derivatives=False,
+        indexer=BIDSLayoutIndexer(validate=validate, index_metadata=False),
+    )
     existing = sorted(layout.get_subjects())
     if not existing:
         raise BIDSError(f"BIDS_DIR {bids_dir} has no sub-* folders; nothing to process")

@@ -107,3 +107,11 @@ def test_dataset_description(bids_factory, tmp_path):
     assert desc["GeneratedBy"][0]["Name"] == "brainage"
     assert desc["Name"] == "brainage derivatives of fake"
     assert desc["SourceDatasets"][0]["URL"].startswith("file:///")
+
+
+def test_invalid_sidecar_does_not_stop_discovery(bids_factory):
+    bids = bids_factory()
+    (bids / "sub-01/func/sub-01_task-rest_bold.json").write_text('{"RepetitionTime": 2.0,,}')
+    found = {p.subject: p for p in discover_inputs(bids)}
+    assert set(found) == {"01", "02"}
+    assert found["01"].bold[0].sidecar.name == "sub-01_task-rest_bold.json"
