@@ -119,6 +119,13 @@ def save_nifti(image, path: str | Path) -> Path:
     import gzip
 
     path = Path(path)
+    header = getattr(image, "header", None)
+    if header is not None and hasattr(header, "get_xyzt_units"):
+        space, time_unit = header.get_xyzt_units()
+        if space == "unknown" or (len(image.shape) > 3 and time_unit == "unknown"):
+            # declare mm (and seconds) so that ITK/ANTs readers do not guess with a warning
+            header.set_xyzt_units(xyz="mm" if space == "unknown" else space,
+                                  t="sec" if time_unit == "unknown" else time_unit)
     if path.name.endswith(".nii.gz"):
         raw = image.to_bytes() if hasattr(image, "to_bytes") else None
         if raw is None:  # pragma: no cover - every Nifti1/2 image has to_bytes

@@ -48,3 +48,9 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_nifti_units_declared(tmp_path, img_4d):
+    assert img_4d.header.get_xyzt_units() == ("unknown", "unknown")
+    path = save_nifti(img_4d, tmp_path / "bold.nii.gz")
+    assert nib.load(path).header.get_xyzt_units() == ("mm", "sec")
