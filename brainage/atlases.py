@@ -291,17 +291,24 @@ def _maxprob_labels(path: Path, threshold: float, offset: int):
     return out
 
 
+def _source_file(entry: dict, key: str):
+    """Return the file ``source[key]`` of an atlas entry inside its installed package."""
+    src = entry["source"]
+    path = _package_dir(src["package"], entry["id"]) / src[key]
+    if not path.is_file():
+        what = "image" if key == "image" else "coordinate table"
+        raise AtlasError(
+            f"{path}: {what} of atlas {entry['id']!r} not found in the installed {src['package']} "
+            f"package; reinstall it (`pip install --force-reinstall {src['package']}`)"
+        )
+    return path
+
+
 def _load_volume(entry: dict, regions):
     import nibabel as nib
 
     src = entry["source"]
-    pkg = _package_dir(src["package"], entry["id"])
-    path = pkg / src["image"]
-    if not path.is_file():
-        raise AtlasError(
-            f"{path}: image of atlas {entry['id']!r} not found in the installed {src['package']} "
-            f"package; reinstall it (`pip install --force-reinstall {src['package']}`)"
-        )
+    path = _source_file(entry, "image")
     fmt = src.get("format", "labels")
     if fmt == "probabilistic":
         image = _maxprob_labels(
@@ -331,13 +338,7 @@ def _load_coords(entry: dict, regions):
     import pandas as pd
 
     src = entry["source"]
-    pkg = _package_dir(src["package"], entry["id"])
-    path = pkg / src["table"]
-    if not path.is_file():
-        raise AtlasError(
-            f"{path}: coordinate table of atlas {entry['id']!r} not found in the installed "
-            f"{src['package']} package; reinstall it"
-        )
+    path = _source_file(entry, "table")
     table = pd.read_csv(path, sep=src.get("sep", ","), engine="python")
     cols = src.get("columns", {})
     out = pd.DataFrame(
