@@ -94,6 +94,13 @@ class AnatConfig(_Section):
     atropos_iterations: int = Field(
         default=5, ge=1, le=50, description="Atropos EM iterations of the tissue classification."
     )
+    atropos_prior_weight: float = Field(
+        default=0.25, ge=0, le=1,
+        description="Weight of the template tissue priors in Atropos (0 = intensities only).",
+    )
+    atropos_mrf: float = Field(
+        default=0.1, ge=0, le=1, description="Atropos MRF smoothing weight (neighbours 1x1x1)."
+    )
     registration: RegistrationConfig = RegistrationConfig()
     output_resolution: Literal[1.0, 1.5, 2.0, 4.0] = Field(
         default=2.0, description="Grid (mm) of the MNI-space tissue maps (the `res-` entity)."

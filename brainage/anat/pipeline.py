@@ -115,7 +115,9 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
                                           interpolator="linear")
                     for k in ("csf", "gm", "wm")
                 ]
-                seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations)
+                seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations,
+                                 prior_weight=config.atropos_prior_weight,
+                                 mrf=config.atropos_mrf)
             else:
                 mask = pp.to_ants(tissue["brain_mask"])
                 seg = {k: pp.to_ants(tissue[k]) for k in ("csf", "gm", "wm")}

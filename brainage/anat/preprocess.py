@@ -297,7 +297,8 @@ def _write_composite(transforms, reference, path: str) -> None:
 
 
 # --------------------------------------------------------------------------- segmentation
-def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int = 5):
+def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int = 5,
+            mrf: float = 0.1):
     """Atropos three-class segmentation with template priors.
 
     Parameters
@@ -313,6 +314,8 @@ def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int 
         Weight of the priors against the intensity model (0 = ignore priors).
     iterations : int
         Maximum EM iterations.
+    mrf : float
+        MRF smoothing weight (radius 1 voxel).
 
     Returns
     -------
@@ -325,7 +328,7 @@ def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int 
         a=image,
         x=mask,
         i=list(priors),
-        m="[0.1,1x1x1]",
+        m=f"[{float(mrf)},1x1x1]",
         c=f"[{int(iterations)},0.001]",
         priorweight=float(prior_weight),
     )
