@@ -69,7 +69,35 @@ def test_median_distance():
     assert median_distance(torch.ones(5, 3)).item() > 0
 
 
+def test_median_distance_of_a_large_batch_uses_a_subset_of_pairs_close_to_the_full_median():
+    x = torch.randn(256, 16, generator=gen(3)) * torch.linspace(0.5, 2.0, 16)
+    d = torch.cdist(x, x)
+    iu = torch.triu_indices(256, 256, offset=1)
+    full = d[iu[0], iu[1]].median().item()
+    assert median_distance(x).item() == pytest.approx(full, rel=0.03)
+    assert median_distance(x).item() != full  # a subset, not all 32640 pairs
+    small = torch.randn(40, 3, generator=gen(4))
+    iu = torch.triu_indices(40, 40, offset=1)
+    assert median_distance(small).item() == pytest.approx(torch.cdist(small, small)[iu[0], iu[1]].median().item())
+
+
 # ---------------------------------------------------------------- CS CMI
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_training_cmi_term_with_shared_input_grams_equals_separate_losses(n_mod):
+    from brainage.training.trainer import _cmi_term
+
+    g = gen(8)
+    mods = [f"m{i}" for i in range(n_mod)]
+    xb = {m: torch.randn(64, 2, 3, generator=g) for m in mods}  # image-like inputs are flattened
+    z = {m: torch.randn(64, 5, generator=g) for m in mods}
+    shared = _cmi_term(z, xb, mods, 1.0).item()
+    separate = sum(
+        cs_cmi_loss(z[m], torch.cat([xb[o].reshape(64, -1) for o in mods if o != m], dim=1), xb[m]).item()
+        for m in mods
+    )
+    assert shared == pytest.approx(separate, rel=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

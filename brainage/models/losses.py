@@ -3,8 +3,9 @@
 All three act on a batch and return a 0-dim tensor that can be added to the
 prediction loss. They are written to be stable in float32 and under
 ``torch.autocast`` (bf16/fp16): autocast is switched off inside, distances are
-computed in at least float32 (float64 for float64 inputs) and the Gram-matrix
-sums, logarithms and whitening in float64. The returned tensor has the dtype
+computed in at least float32 (float64 for float64 inputs), Gram-matrix entries
+and their row means in that dtype (pairwise summation), and the final sums,
+logarithms and whitening in float64. The returned tensor has the dtype
 of that internal computation (float32 or float64); add it to a float32 loss as
 usual.
 
@@ -21,11 +22,21 @@ See ``docs/pid.md`` for the formulas and the choice of kernel widths.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["cs_cmi_loss", "cs_gaussianity_loss", "median_distance", "normality_loss"]
+__all__ = [
+    "cs_cmi_from_grams",
+    "cs_cmi_loss",
+    "cs_gaussianity_loss",
+    "gram_from_sq_dists",
+    "median_distance",
+    "normality_loss",
+    "pairwise_sq_dists",
+]
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -46,11 +57,76 @@ def _as_matrix(name: str, x: torch.Tensor, n: int | None = None) -> torch.Tensor
     return x
 
 
+def _check_finite(**tensors: torch.Tensor) -> None:
+    # One reduction (and one device sync) for all tensors; names only on failure.
+    if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        return
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf).")
+
+
 def _sq_dists(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances, clamped at 0 (differentiable at u == v)."""
     uu = (u * u).sum(dim=1, keepdim=True)
     vv = (v * v).sum(dim=1, keepdim=True)
-    return torch.clamp(uu + vv.T - 2.0 * (u @ v.T), min=0.0)
+    return torch.clamp(torch.addmm(uu + vv.T, u, v.T, alpha=-2.0), min=0.0)
+
+
+# The median heuristic uses at most this many pairs: its relative sampling error
+# is then about 2 %, and selecting a median from n(n-1)/2 = 32640 pairs (n = 256)
+# on every batch costs more than the rest of a Gram matrix.
+_MEDIAN_MAX_PAIRS = 4096
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_index(n: int, device: str) -> torch.Tensor:
+    """Flat indices of pairs ``i < j`` of an ``n x n`` matrix used for the median width.
+
+    All pairs when there are at most ``_MEDIAN_MAX_PAIRS``, otherwise that many
+    pairs evenly spaced over the upper triangle (a fixed, deterministic subset:
+    the batch order is random, so the chosen pairs are a random sample of pairs).
+    """
+    iu = torch.triu_indices(n, n, offset=1)
+    flat = iu[0] * n + iu[1]
+    if flat.numel() > _MEDIAN_MAX_PAIRS:
+        pick = torch.linspace(0, flat.numel() - 1, _MEDIAN_MAX_PAIRS).round().long()
+        flat = flat[pick]
+    return flat.to(device)
+
+
+def _median_sq(d2: torch.Tensor) -> torch.Tensor:
+    """Median squared distance over pairs ``i < j`` (detached), floored above 0.
+
+    ``torch.median`` returns the lower middle value, so ``sqrt`` of this is
+    exactly the median distance of the pairs used (all pairs up to
+    ``_MEDIAN_MAX_PAIRS``, else an evenly spaced subset of that size).
+    """
+    n = d2.shape[0]
+    vals = d2.detach().flatten().index_select(0, _pair_index(n, str(d2.device)))
+    return torch.clamp(vals.median(), min=torch.finfo(d2.dtype).eps)
+
+
+def pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    """Squared pairwise distances of a batch (rows centred; float32 or float64).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, ...)
+        Batch; trailing dimensions are flattened.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, n)
+        Differentiable in ``x``. Squared distances of a concatenation
+        ``[x_a, x_b]`` are the sum of those of ``x_a`` and ``x_b``, which lets a
+        caller build the Gram matrix of several modalities from per-modality
+        distances.
+    """
+    x = _as_matrix("x", x)
+    x = x.to(_work_dtype(x))
+    x = x - x.detach().mean(dim=0, keepdim=True)
+    return _sq_dists(x, x)
 
 
 def median_distance(x: torch.Tensor) -> torch.Tensor:
@@ -72,18 +148,32 @@ def median_distance(x: torch.Tensor) -> torch.Tensor:
     >>> float(median_distance(torch.tensor([[0.0], [1.0], [3.0]])))
     2.0
     """
-    x = _as_matrix("x", x).detach()
-    x = x.to(_work_dtype(x))
-    x = x - x.mean(dim=0, keepdim=True)
-    d2 = _sq_dists(x, x)
-    iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
-    med = torch.sqrt(d2[iu[0], iu[1]]).median()
-    return torch.clamp(med, min=torch.finfo(x.dtype).eps ** 0.5)
+    return torch.sqrt(_median_sq(pairwise_sq_dists(x.detach())))
 
 
-def _log_mean_kernel(d2: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    logk = (-d2 / (2.0 * sigma * sigma)).to(torch.float64).flatten()
-    return torch.logsumexp(logk, dim=0) - math.log(logk.numel())
+def gram_from_sq_dists(d2: torch.Tensor, sigma_scale: float = 1.0) -> torch.Tensor:
+    """Gaussian Gram matrix with the median-heuristic width, from squared distances.
+
+    ``K_ij = exp(-d2_ij / (sigma_scale^2 * median(d2)))``, i.e.
+    ``2 sigma^2 = (sigma_scale * median distance)^2`` (see :func:`cs_cmi_loss`).
+    The width is detached; gradients flow through ``d2``.
+    """
+    return torch.exp(d2 * (-1.0 / (float(sigma_scale) ** 2 * _median_sq(d2))))
+
+
+def _log_mean_kernel(
+    d2: torch.Tensor, inv_two_sigma2: torch.Tensor, *, with_diagonal: bool = False
+) -> torch.Tensor:
+    """``log mean exp(-d2 / (2 sigma^2))`` in float64 (the kernel values in ``d2``'s dtype).
+
+    A Gram matrix of a sample with itself (``with_diagonal``) has ones on its
+    diagonal, so its mean is at least ``1/n`` and needs no max-shift; a cross
+    Gram matrix goes through ``logsumexp``, which cannot underflow.
+    """
+    if with_diagonal:
+        return torch.log(torch.exp(d2 * -inv_two_sigma2).mean().to(torch.float64))
+    lse = torch.logsumexp((d2 * -inv_two_sigma2).flatten(), dim=0)
+    return lse.to(torch.float64) - math.log(d2.numel())
 
 
 def cs_gaussianity_loss(a: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -134,21 +224,14 @@ def cs_gaussianity_loss(a: torch.Tensor, *, generator: torch.Generator | None = 
         # A common shift keeps every distance and improves float32 accuracy.
         shift = a.detach().mean(dim=0, keepdim=True)
         a_c, q_c = a - shift, q - shift
-        sigma = median_distance(a)
+        d2_aa = _sq_dists(a_c, a_c)
+        # sigma = median distance of a, so 1 / (2 sigma^2) = 1 / (2 median(d2)).
+        inv_two_sigma2 = 0.5 / _median_sq(d2_aa)
         return (
-            _log_mean_kernel(_sq_dists(a_c, a_c), sigma)
-            + _log_mean_kernel(_sq_dists(q_c, q_c), sigma)
-            - 2.0 * _log_mean_kernel(_sq_dists(a_c, q_c), sigma)
+            _log_mean_kernel(d2_aa, inv_two_sigma2, with_diagonal=True)
+            + _log_mean_kernel(_sq_dists(q_c, q_c), inv_two_sigma2, with_diagonal=True)
+            - 2.0 * _log_mean_kernel(_sq_dists(a_c, q_c), inv_two_sigma2)
         )
-
-
-def _gram(x: torch.Tensor, sigma_scale: float) -> torch.Tensor:
-    # Median heuristic in the form 2 sigma^2 = median^2, i.e.
-    # k(u, v) = exp(-||u - v||^2 / median^2) at sigma_scale = 1.
-    x = x.to(_work_dtype(x))
-    x = x - x.detach().mean(dim=0, keepdim=True)
-    width2 = (median_distance(x).to(torch.float64) * sigma_scale) ** 2
-    return torch.exp(-_sq_dists(x, x).to(torch.float64) / width2)
 
 
 def cs_cmi_loss(
@@ -222,22 +305,54 @@ def cs_cmi_loss(
     x_target = _as_matrix("x_target", x_target, n)
     x_cond = _as_matrix("x_cond", x_cond, n)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        for name, x in (("z", z), ("x_target", x_target), ("x_cond", x_cond)):
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"{name} contains non-finite values (NaN or inf).")
-        m = _gram(x_cond.detach(), sigma_scale)
-        k = _gram(x_target.detach(), sigma_scale)
-        lat = _gram(z, sigma_scale)
-        m_r = m.mean(dim=1)
-        l_r = lat.mean(dim=1)
-        km = (k * m).mean(dim=1)
-        lm = (lat * m).mean(dim=1)
-        kl = (k * lat).mean(dim=1)
-        klm = (k * lat * m).mean(dim=1)
-        term_a = torch.log((m_r * km * lm).sum())
-        term_b = torch.log((klm * l_r * l_r).sum())
-        term_c = torch.log((kl * kl * lm * lm / klm).sum())
-        return -2.0 * term_a + term_b + term_c
+        _check_finite(z=z, x_target=x_target, x_cond=x_cond)
+        with torch.no_grad():
+            m = gram_from_sq_dists(pairwise_sq_dists(x_cond), sigma_scale)
+            k = gram_from_sq_dists(pairwise_sq_dists(x_target), sigma_scale)
+        lat = gram_from_sq_dists(pairwise_sq_dists(z), sigma_scale)
+        return cs_cmi_from_grams(lat, k, m)
+
+
+def cs_cmi_from_grams(lat: torch.Tensor, k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Compute the conditional CS estimate of :func:`cs_cmi_loss` from its three Gram matrices.
+
+    Lets a training loop build the Gram matrices of the inputs once per batch
+    and share them between the CMI terms of all modalities.
+
+    Parameters
+    ----------
+    lat, k, m : torch.Tensor of shape (n, n)
+        Gram matrices of the latent ``Z``, the target ``X_target`` and the
+        condition ``X_cond`` (e.g. from :func:`gram_from_sq_dists`).
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim float64 tensor.
+    """
+    # Row means in the Gram dtype (pairwise summation), the final sums and logs in float64.
+    lat_m = lat * m
+    rows = torch.stack([m.mean(dim=1), lat.mean(dim=1), (k * m).mean(dim=1), lat_m.mean(dim=1),
+                        (k * lat).mean(dim=1), (k * lat_m).mean(dim=1)]).to(torch.float64)
+    m_r, l_r, km, lm, kl, klm = rows.unbind(0)
+    term_a = torch.log((m_r * km * lm).sum())
+    term_b = torch.log((klm * l_r * l_r).sum())
+    term_c = torch.log((kl * kl * lm * lm / klm).sum())
+    return -2.0 * term_a + term_b + term_c
+
+
+def _argsort(v: torch.Tensor) -> torch.Tensor:
+    if v.device.type == "cpu":
+        return torch.from_numpy(np.argsort(v.numpy(), kind="quicksort"))
+    return torch.argsort(v)
+
+
+@functools.lru_cache(maxsize=8)
+def _blom_scores(big_n: int, device: str) -> tuple[torch.Tensor, float]:
+    """Return the expected normal order statistics (Blom) of ``big_n`` values and their square sum."""
+    i = torch.arange(1, big_n + 1, dtype=torch.float64)
+    m = torch.special.ndtri((i - 0.375) / (big_n + 0.25))
+    return m.to(device), float((m * m).sum())
 
 
 def normality_loss(joint: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
@@ -308,12 +423,15 @@ def normality_loss(joint: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
                 "check for constant or NaN columns, or increase eps."
             )
         white = torch.linalg.solve_triangular(chol, xc.T, upper=False).T
-        vals, _ = torch.sort(white.flatten())
-        big_n = vals.numel()
-        i = torch.arange(1, big_n + 1, dtype=torch.float64, device=vals.device)
-        m = torch.special.ndtri((i - 0.375) / (big_n + 0.25))
+        vals = white.flatten()
+        # sum_i m_i x_(i) = sum_k m_rank(k) x_k: the ranks come from an argsort without
+        # gradient (numpy's is several times faster than torch's on CPU), and the
+        # statistic stays differentiable in every value without a sort backward.
+        m, m_sq = _blom_scores(vals.numel(), str(vals.device))
+        order = _argsort(vals.detach())
+        m_at = torch.empty_like(m).index_put_((order,), m)
         vc = vals - vals.mean()
-        num = (m * vc).sum() ** 2
-        den = (m * m).sum() * (vc * vc).sum()
+        num = (m_at * vc).sum() ** 2
+        den = m_sq * (vc * vc).sum()
         w = torch.clamp(num / den, min=1e-12, max=1.0)
         return -torch.log(w)

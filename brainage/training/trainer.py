@@ -135,6 +135,34 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).float()
 
 
+def _cmi_term(z: dict, xb: dict, modalities: list, sigma_scale: float) -> torch.Tensor:
+    """Sum over modalities of the CS-CMI ``I(Z_m; X_others | X_m)`` of one batch.
+
+    The Gram matrices of the inputs are data: they are built once per batch and
+    shared, the condition of one term being the target of another (with more than
+    two modalities the target's squared distances are the sum over the other
+    modalities, which is those of their concatenation).
+    """
+    from brainage.models.losses import cs_cmi_from_grams, gram_from_sq_dists, pairwise_sq_dists
+
+    device_type = next(iter(z.values())).device.type
+    with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+        d2 = {m: pairwise_sq_dists(_flat(xb[m])) for m in modalities}
+        grams = {m: gram_from_sq_dists(d2[m], sigma_scale) for m in modalities}
+    total = 0.0
+    with torch.autocast(device_type=device_type, enabled=False):
+        for m in modalities:
+            others = [o for o in modalities if o != m]
+            if len(others) == 1:
+                k = grams[others[0]]
+            else:
+                with torch.no_grad():
+                    k = gram_from_sq_dists(sum(d2[o] for o in others), sigma_scale)
+            lat = gram_from_sq_dists(pairwise_sq_dists(z[m]), sigma_scale)
+            total = total + cs_cmi_from_grams(lat, k, grams[m])
+    return total
+
+
 def _evaluate(model, data, idx, y_std, cfg, device, autocast) -> float:
     model.eval()
     total, count = 0.0, 0
@@ -225,7 +253,7 @@ def train_model(
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    from brainage.models.losses import cs_cmi_loss, cs_gaussianity_loss, normality_loss
+    from brainage.models.losses import cs_gaussianity_loss, normality_loss
 
     g_cs = torch.Generator(device=device).manual_seed(seed + 1)
     modalities = list(getattr(model, "modalities", data.modalities))
@@ -265,14 +293,7 @@ def train_model(
                         cs_gaussianity_loss(a[m], generator=g_cs) for m in modalities
                     )
                 if cfg.lambda_cmi > 0:
-                    flat = {m: _flat(xb[m]) for m in modalities}
-                    cmi = 0.0
-                    for m in modalities:
-                        target = torch.cat([flat[o] for o in modalities if o != m], dim=1)
-                        cmi = cmi + cs_cmi_loss(
-                            z[m], target, flat[m], sigma_scale=cfg.cmi_sigma_scale
-                        )
-                    loss = loss + cfg.lambda_cmi * cmi
+                    loss = loss + cfg.lambda_cmi * _cmi_term(z, xb, modalities, cfg.cmi_sigma_scale)
                 n_joint = 1 + sum(z[m].shape[1] for m in modalities)
                 # Whitening the joint needs more samples than dimensions: a short last
                 # batch skips this term.
