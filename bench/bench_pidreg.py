@@ -28,7 +28,8 @@ Run from the repository root::
 Writes ``bench/results/pidreg.json`` (table, baselines; parts already there are
 kept when a part is rerun alone) and ``bench/results/pidreg_epoch_time.json``.
 Timings on a shared machine are inflated; the JSON records the load average.
-Single-thread torch throughout.
+Single-thread torch by default (``--threads``); ``--device cuda`` runs the epoch
+part on a GPU with bf16 autocast and writes ``pidreg_epoch_time_gpu.json``.
 """
 
 from __future__ import annotations
@@ -158,12 +159,12 @@ def part_baselines(args) -> dict:
     return {"baselines": rows}
 
 
-def _one_epoch(model, data, y_std, y_pid, cfg, frozen: bool) -> float:
+def _one_epoch(model, data, y_std, y_pid, cfg, frozen: bool, device: str = "cpu") -> float:
     from brainage.training.trainer import train_model
 
     idx = np.arange(data.n)
     res = train_model(model, data, y_std, idx, idx[:0], cfg.replace(max_epochs=1),
-                      y_pid=y_pid, device="cpu", frozen_weights=frozen)
+                      y_pid=y_pid, device=device, frozen_weights=frozen)
     return res.history[0]["seconds"]
 
 
@@ -227,7 +228,7 @@ def part_epoch(args) -> dict:
         for _ in range(args.epoch_repeats):
             for label, _, frozen in variants:
                 times[label].append(
-                    _one_epoch(models[label], data, y_std, y_pid, cfgs[label], frozen))
+                    _one_epoch(models[label], data, y_std, y_pid, cfgs[label], frozen, args.device))
         figures = {"n": s["n"], "input_shape": list(s["shape"]), "batch_size": s["batch"],
                    "latent_dim": s["latent"], "repeats": args.epoch_repeats}
         for label in times:
@@ -238,7 +239,12 @@ def part_epoch(args) -> dict:
         for label in ("pidreg_default_stage1", "pidreg_faithful_stage1", "pidreg_stage2"):
             figures[f"ratio_{label}_vs_late_fusion"] = figures[label]["min"] / base
         out[name] = figures
-    return {"epoch_time": out, "epoch_settings": _settings(args)}
+    info = {"device": args.device, "torch_threads": torch.get_num_threads(),
+            "load_average_at_end": os.getloadavg()}
+    if args.device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(0)
+        info["autocast"] = "bf16"
+    return {"epoch_time": out, "epoch_settings": _settings(args), "epoch_device": info}
 
 
 def _settings(args) -> dict:
@@ -254,7 +260,7 @@ def _save(figures: dict, partial: bool = False, name: str = "pidreg") -> None:
     old.update(figures)
     old["torch_threads"] = torch.get_num_threads()
     old["load_average_at_save"] = os.getloadavg()
-    old["device"] = "cpu"
+    old["device"] = figures.get("epoch_device", {}).get("device", old.get("device", "cpu"))
     write_result(name, old)
 
 
@@ -299,6 +305,8 @@ def main(argv=None) -> None:
     parser.add_argument("--epoch-n", type=int, default=4096)
     parser.add_argument("--vol-n", type=int, default=128)
     parser.add_argument("--epoch-repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="device of the epoch part (cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--report", action="store_true",
                         help="print the saved results as markdown tables and exit")
     args = parser.parse_args(argv)
@@ -308,11 +316,15 @@ def main(argv=None) -> None:
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.n_boot = 600, 600, 5, 0
         args.epoch_n, args.vol_n, args.epoch_repeats = 512, 32, 2
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     for part in args.part:
         figures = {"table": part_table, "baselines": part_baselines, "epoch": part_epoch}[part](
             args)
-        _save(figures, name="pidreg_epoch_time" if part == "epoch" else "pidreg")
+        if part == "epoch":
+            gpu = args.device.startswith("cuda")
+            _save(figures, name="pidreg_epoch_time_gpu" if gpu else "pidreg_epoch_time")
+        else:
+            _save(figures, name="pidreg")
 
 
 if __name__ == "__main__":
