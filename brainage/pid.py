@@ -31,6 +31,7 @@ checks it); the differentiable version lives in
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class PIDResult:
 # --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def mi_bias_bits(d_u: int, d_v: int, n: int) -> float:
     """Finite-sample bias of the Gaussian (log-det) mutual-information estimate.
 
@@ -213,6 +215,13 @@ def inverse_normal_transform(y) -> np.ndarray:
     return stats.norm.ppf((rank0 + 0.5) / (n + 1.0))
 
 
+_SINGULAR_MSG = (
+    "singular covariance: some columns of [y, z1, z2] are (nearly) linear combinations "
+    "of others (e.g. duplicated or collapsed latent dimensions, or y predicted exactly). "
+    "Remove redundant columns or use more samples."
+)
+
+
 def _as_2d(name: str, x, n_expected: int | None = None) -> np.ndarray:
     arr = np.asarray(x, dtype=float)
     if arr.ndim == 1:
@@ -277,11 +286,7 @@ def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
     ``_SINGULAR_RTOL`` means that variable is (nearly) a linear combination of
     the others.
     """
-    singular_msg = (
-        "singular covariance: some columns of [y, z1, z2] are (nearly) linear combinations "
-        "of others (e.g. duplicated or collapsed latent dimensions, or y predicted exactly). "
-        "Remove redundant columns or use more samples."
-    )
+    singular_msg = _SINGULAR_MSG
     try:
         chol = linalg.cholesky(corr, lower=True, check_finite=False)
     except linalg.LinAlgError as err:
@@ -296,23 +301,46 @@ def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
 
 
 def _mis_from_corr(corr: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
-    """I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from a correlation matrix, y at index 0.
+    """I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from a covariance matrix, y at index 0."""
+    return _mis_from_corr_last(np.roll(corr, -1, axis=(0, 1)), d1, d2)
 
-    With the variables ordered ``[Z_a, Z_b, y]`` and ``L`` the Cholesky factor,
-    the last row of ``L`` has squared norm 1 (the variance of y); its first
-    ``d_a`` entries square-sum to the variance of y explained by ``Z_a``, so the
-    residual variance given ``Z_a`` is the square-sum of the remaining entries,
-    and ``L[-1, -1]^2`` is the residual variance given both sources.
+
+def _potrf(a: np.ndarray, singular_msg: str) -> np.ndarray:
+    # LAPACK's Cholesky without scipy's wrapper overhead; only the lower triangle is used.
+    chol, info = linalg.lapack.dpotrf(a, lower=1, clean=0)
+    if info != 0:
+        raise ValueError(singular_msg)
+    return chol
+
+
+def _mis_from_corr_last(corr: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
+    """Return I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from the covariance of ``[Z1, Z2, y]``.
+
+    With ``L`` the Cholesky factor of the whole matrix, the last row of ``L``
+    square-sums to the variance of y; its first ``d1`` entries square-sum to
+    the variance of y explained by ``Z1``, so the residual variance given
+    ``Z1`` is the square-sum of the remaining entries, and ``L[-1, -1]^2`` is
+    the residual variance given both sources. The residual given ``Z2`` alone
+    is the last diagonal entry of the factor of the trailing ``[Z2, y]`` block.
+    One factorisation of size ``1 + d1 + d2`` and one of ``1 + d2``; the
+    mutual informations are ratios of variances, so no normalisation to a
+    correlation matrix is needed. A conditional variance below
+    ``_SINGULAR_RTOL`` times the variable's variance marks a (nearly) singular
+    matrix.
     """
-    i1 = list(range(1, 1 + d1))
-    i2 = list(range(1 + d1, 1 + d1 + d2))
-    order_a = [*i1, *i2, 0]
-    order_b = [*i2, *i1, 0]
-    la = _cholesky_checked(corr[np.ix_(order_a, order_a)])
-    lb = _cholesky_checked(corr[np.ix_(order_b, order_b)])
-    resid12 = la[-1, -1] ** 2
-    resid1 = float(np.sum(la[-1, d1:] ** 2))
-    resid2 = float(np.sum(lb[-1, d2:] ** 2))
+    la = _potrf(corr, _SINGULAR_MSG)
+    var = np.diag(corr)
+    cond_var = np.diag(la) ** 2 / var
+    if cond_var.min() <= _SINGULAR_RTOL:
+        raise ValueError(
+            f"{_SINGULAR_MSG} (smallest relative conditional variance {cond_var.min():.3g} at "
+            f"index {int(np.argmin(cond_var))} of [z1, z2, y])"
+        )
+    lb = _potrf(corr[d1:, d1:], _SINGULAR_MSG)
+    var_y = var[-1]
+    resid12 = la[-1, -1] ** 2 / var_y
+    resid1 = float(np.dot(la[-1, d1:], la[-1, d1:])) / var_y
+    resid2 = lb[-1, -1] ** 2 / var_y
     return (
         -0.5 * math.log(resid1) / _LN2,
         -0.5 * math.log(resid2) / _LN2,
@@ -349,7 +377,7 @@ def _corrected_mis(
     return tuple(max(v - bias[k], 0.0) for v, k in zip(mis, MIS))  # type: ignore[return-value]
 
 
-def _check_cov(cov, d1: int, d2: int, dy: int = 1) -> np.ndarray:
+def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -> np.ndarray:
     arr = np.asarray(cov, dtype=float)
     d1, d2, dy = int(d1), int(d2), int(dy)
     if d1 < 1 or d2 < 1 or dy < 1:
@@ -360,11 +388,15 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1) -> np.ndarray:
             f"cov: expected the ({d}, {d}) covariance of [y, z1, z2] "
             f"(dy={dy}, d1={d1}, d2={d2}), got shape {arr.shape}."
         )
-    if not np.all(np.isfinite(arr)):
+    # One pass over the matrix: the asymmetry is NaN or inf when any entry is.
+    asym = float(np.abs(arr - arr.T).max())
+    if not math.isfinite(asym) or not np.all(np.isfinite(np.diag(arr))):
         raise ValueError("cov contains non-finite values (NaN or inf).")
-    if not np.allclose(arr, arr.T, rtol=1e-8, atol=1e-12 * max(1.0, float(np.abs(arr).max()))):
+    # For a covariance every |entry| is at most the largest variance (Cauchy-Schwarz).
+    scale = float(np.abs(np.diag(arr)).max())
+    if asym > 1e-8 * max(scale, 1e-300) + 1e-12 * max(1.0, scale):
         raise ValueError("cov: expected a symmetric matrix; pass the covariance of [y, z1, z2].")
-    return 0.5 * (arr + arr.T)
+    return 0.5 * (arr + arr.T) if symmetrize else arr
 
 
 # --------------------------------------------------------------------------
@@ -407,9 +439,15 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     >>> round(res.R, 6), round(res.S, 6)
     (0.5, 0.292481)
     """
-    arr = _check_cov(cov, d1, d2)
-    corr = _correlation(arr)
-    mis = _mis_from_corr(corr, int(d1), int(d2))
+    arr = _check_cov(cov, d1, d2, symmetrize=False)  # the Cholesky reads one triangle
+    var = np.diag(arr)
+    if np.any(var <= 0):
+        idx = np.flatnonzero(var <= 0).tolist()
+        raise ValueError(
+            f"singular covariance: cov has zero (or negative) variance at index/indices {idx} "
+            "of [y, z1, z2]; remove constant columns."
+        )
+    mis = _mis_from_corr(arr, int(d1), int(d2))
     bias = None
     if n is not None:
         if int(n) <= 1 + int(d1) + int(d2):
@@ -427,12 +465,20 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
 
 
 def _pid_samples(y2, z1a, z2a, bias_correction: bool) -> dict[str, float]:
-    data = np.hstack([y2, z1a, z2a])
-    cov = np.cov(data, rowvar=False)
-    d1, d2 = z1a.shape[1], z2a.shape[1]
-    corr = _correlation(np.atleast_2d(cov))
-    mis = _mis_from_corr(corr, d1, d2)
-    bias = _bias_terms(data.shape[0], d1, d2) if bias_correction else None
+    n, d1, d2 = y2.shape[0], z1a.shape[1], z2a.shape[1]
+    data = np.empty((n, d1 + d2 + 1))
+    data[:, :d1], data[:, d1:-1], data[:, -1:] = z1a, z2a, y2
+    data -= data.mean(axis=0)
+    cov = data.T @ data  # n - 1 times the covariance: the factor cancels in every ratio
+    var = np.diag(cov)
+    if np.any(var <= 0):
+        idx = np.flatnonzero(var <= 0).tolist()
+        raise ValueError(
+            f"singular covariance: zero variance at index/indices {idx} of [z1, z2, y]; "
+            "remove constant columns."
+        )
+    mis = _mis_from_corr_last(cov, d1, d2)
+    bias = _bias_terms(n, d1, d2) if bias_correction else None
     return _atoms_mmi(*_corrected_mis(mis, bias))
 
 
