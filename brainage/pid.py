@@ -264,15 +264,21 @@ def _validate_samples(y, z1, z2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y2, z1a, z2a
 
 
-def _correlation(cov: np.ndarray, what: str = "cov") -> np.ndarray:
-    """Normalise a covariance to a correlation matrix (checks for zero variances)."""
+def _positive_variances(cov: np.ndarray, what: str = "cov", order: str = "[y, z1, z2]") -> np.ndarray:
+    """Return the diagonal of ``cov``, refusing zero or negative variances."""
     var = np.diag(cov)
     if np.any(var <= 0):
         idx = np.flatnonzero(var <= 0).tolist()
         raise ValueError(
             f"singular covariance: {what} has zero (or negative) variance at index/indices {idx} "
-            "of [y, z1, z2]; remove constant columns."
+            f"of {order}; remove constant columns."
         )
+    return var
+
+
+def _correlation(cov: np.ndarray, what: str = "cov") -> np.ndarray:
+    """Normalise a covariance to a correlation matrix (checks for zero variances)."""
+    var = _positive_variances(cov, what)
     scale = 1.0 / np.sqrt(var)
     corr = cov * scale[:, None] * scale[None, :]
     return 0.5 * (corr + corr.T)
@@ -440,13 +446,7 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     (0.5, 0.292481)
     """
     arr = _check_cov(cov, d1, d2, symmetrize=False)  # the Cholesky reads one triangle
-    var = np.diag(arr)
-    if np.any(var <= 0):
-        idx = np.flatnonzero(var <= 0).tolist()
-        raise ValueError(
-            f"singular covariance: cov has zero (or negative) variance at index/indices {idx} "
-            "of [y, z1, z2]; remove constant columns."
-        )
+    _positive_variances(arr)
     mis = _mis_from_corr(arr, int(d1), int(d2))
     bias = None
     if n is not None:
@@ -470,13 +470,7 @@ def _pid_samples(y2, z1a, z2a, bias_correction: bool) -> dict[str, float]:
     data[:, :d1], data[:, d1:-1], data[:, -1:] = z1a, z2a, y2
     data -= data.mean(axis=0)
     cov = data.T @ data  # n - 1 times the covariance: the factor cancels in every ratio
-    var = np.diag(cov)
-    if np.any(var <= 0):
-        idx = np.flatnonzero(var <= 0).tolist()
-        raise ValueError(
-            f"singular covariance: zero variance at index/indices {idx} of [z1, z2, y]; "
-            "remove constant columns."
-        )
+    _positive_variances(cov, "the sample covariance", "[z1, z2, y]")
     mis = _mis_from_corr_last(cov, d1, d2)
     bias = _bias_terms(n, d1, d2) if bias_correction else None
     return _atoms_mmi(*_corrected_mis(mis, bias))
