@@ -306,52 +306,56 @@ def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
     return chol
 
 
-def _mis_from_corr(corr: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
-    """I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from a covariance matrix, y at index 0."""
-    return _mis_from_corr_last(np.roll(corr, -1, axis=(0, 1)), d1, d2)
-
-
-def _potrf(a: np.ndarray, singular_msg: str) -> np.ndarray:
+def _potrf(a: np.ndarray) -> np.ndarray:
     # LAPACK's Cholesky without scipy's wrapper overhead; only the lower triangle is used.
     chol, info = linalg.lapack.dpotrf(a, lower=1, clean=0)
     if info != 0:
-        raise ValueError(singular_msg)
+        raise ValueError(_SINGULAR_MSG)
     return chol
 
 
-def _mis_from_corr_last(corr: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
-    """Return I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from the covariance of ``[Z1, Z2, y]``.
+def _whitened_cross(cov_zz: np.ndarray, c_zy: np.ndarray) -> np.ndarray:
+    """Return ``w = L^-1 c``, ``L`` the Cholesky factor of ``Cov(Z)`` (``w.w``: variance explained).
 
-    With ``L`` the Cholesky factor of the whole matrix, the last row of ``L``
-    square-sums to the variance of y; its first ``d1`` entries square-sum to
-    the variance of y explained by ``Z1``, so the residual variance given
-    ``Z1`` is the square-sum of the remaining entries, and ``L[-1, -1]^2`` is
-    the residual variance given both sources. The residual given ``Z2`` alone
-    is the last diagonal entry of the factor of the trailing ``[Z2, y]`` block.
-    One factorisation of size ``1 + d1 + d2`` and one of ``1 + d2``; the
-    mutual informations are ratios of variances, so no normalisation to a
-    correlation matrix is needed. A conditional variance below
-    ``_SINGULAR_RTOL`` times the variable's variance marks a (nearly) singular
-    matrix.
+    Refuses a (nearly) singular ``Cov(Z)``: a conditional variance below
+    ``_SINGULAR_RTOL`` times the variable's own variance.
     """
-    la = _potrf(corr, _SINGULAR_MSG)
-    var = np.diag(corr)
-    cond_var = np.diag(la) ** 2 / var
+    chol = _potrf(cov_zz)
+    cond_var = np.diag(chol) ** 2 / np.diag(cov_zz)
     if cond_var.min() <= _SINGULAR_RTOL:
         raise ValueError(
             f"{_SINGULAR_MSG} (smallest relative conditional variance {cond_var.min():.3g} at "
-            f"index {int(np.argmin(cond_var))} of [z1, z2, y])"
+            f"index {int(np.argmin(cond_var))} of [z1, z2])"
         )
-    lb = _potrf(corr[d1:, d1:], _SINGULAR_MSG)
-    var_y = var[-1]
-    resid12 = la[-1, -1] ** 2 / var_y
-    resid1 = float(np.dot(la[-1, d1:], la[-1, d1:])) / var_y
-    resid2 = lb[-1, -1] ** 2 / var_y
-    return (
-        -0.5 * math.log(resid1) / _LN2,
-        -0.5 * math.log(resid2) / _LN2,
-        -0.5 * math.log(resid12) / _LN2,
+    w, _info = linalg.lapack.dtrtrs(chol, c_zy, lower=1)  # chol is non-singular here
+    return w
+
+
+def _mis_from_cov(cov: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
+    """Return I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from the covariance of ``[y, Z1, Z2]``.
+
+    ``I(y; Z) = -1/2 log2(1 - c' S^-1 c / var(y))`` with ``S = Cov(Z)`` and
+    ``c = Cov(Z, y)``. With ``L`` the Cholesky factor of ``Cov([Z1, Z2])``
+    and ``w = L^-1 c``, ``w.w`` is the variance of y explained by both sources
+    and, because the leading block of ``L`` is the factor of ``Cov(Z1)``, the
+    first ``d1`` entries of ``w`` alone give the variance explained by ``Z1``.
+    ``Z2`` alone needs the factor of its own block. So one factorisation of
+    size ``d1 + d2`` and one of ``d2``, two triangular solves, no copies of
+    the matrix; the mutual informations are ratios of variances, so the
+    covariance needs no normalisation.
+    """
+    var_y = cov[0, 0]
+    c = cov[1:, 0]
+    w = _whitened_cross(cov[1:, 1:], c)
+    w2 = _whitened_cross(cov[1 + d1:, 1 + d1:], c[d1:])
+    resid = (
+        1.0 - float(np.dot(w[:d1], w[:d1])) / var_y,
+        1.0 - float(np.dot(w2, w2)) / var_y,
+        1.0 - float(np.dot(w, w)) / var_y,
     )
+    if resid[2] <= _SINGULAR_RTOL:
+        raise ValueError(f"{_SINGULAR_MSG} (y is a linear function of z1 and z2)")
+    return tuple(-0.5 * math.log(r) / _LN2 for r in resid)  # type: ignore[return-value]
 
 
 def _atoms_mmi(i1: float, i2: float, i12: float) -> dict[str, float]:
@@ -447,7 +451,7 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     """
     arr = _check_cov(cov, d1, d2, symmetrize=False)  # the Cholesky reads one triangle
     _positive_variances(arr)
-    mis = _mis_from_corr(arr, int(d1), int(d2))
+    mis = _mis_from_cov(arr, int(d1), int(d2))
     bias = None
     if n is not None:
         if int(n) <= 1 + int(d1) + int(d2):
@@ -466,12 +470,12 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
 
 def _pid_samples(y2, z1a, z2a, bias_correction: bool) -> dict[str, float]:
     n, d1, d2 = y2.shape[0], z1a.shape[1], z2a.shape[1]
-    data = np.empty((n, d1 + d2 + 1))
-    data[:, :d1], data[:, d1:-1], data[:, -1:] = z1a, z2a, y2
+    data = np.empty((n, 1 + d1 + d2))
+    data[:, :1], data[:, 1:1 + d1], data[:, 1 + d1:] = y2, z1a, z2a
     data -= data.mean(axis=0)
     cov = data.T @ data  # n - 1 times the covariance: the factor cancels in every ratio
-    _positive_variances(cov, "the sample covariance", "[z1, z2, y]")
-    mis = _mis_from_corr_last(cov, d1, d2)
+    _positive_variances(cov, "the sample covariance")
+    mis = _mis_from_cov(cov, d1, d2)
     bias = _bias_terms(n, d1, d2) if bias_correction else None
     return _atoms_mmi(*_corrected_mis(mis, bias))
 
