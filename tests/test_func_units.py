@@ -195,6 +195,20 @@ def test_motion_estimates_match_the_known_motion(moving_head, tmp_path):
     assert np.corrcoef(fd_true[1:], fd_est[1:])[0, 1] > 0.8
 
 
+
+def test_motion_is_reproducible_and_parallel_chains_agree(moving_head, tmp_path):
+    """A fixed ANTs seed gives the same estimates on a rerun; 2 worker chains match 1."""
+    img, _ = moving_head
+    first = estimate_motion(img, reference_index=0, work_dir=tmp_path / "a")
+    again = estimate_motion(img, reference_index=0, work_dir=tmp_path / "b")
+    np.testing.assert_array_equal(first.params, again.params)
+    # without start-from-previous each volume is registered alone: splitting the
+    # volumes over 2 processes gives the same estimates
+    two = estimate_motion(img, reference_index=0, n_jobs=2, work_dir=tmp_path / "c")
+    np.testing.assert_allclose(two.params, first.params, atol=1e-6)
+    assert all(p is not None for p in two.transforms)
+
+
 # --------------------------------------------------------------------------- confounds
 def test_expand_24_values():
     base = pd.DataFrame({"trans_x": [1.0, 3.0, 2.0]})
@@ -226,6 +240,17 @@ def test_tissue_signal_uses_only_confident_voxels(rng):
     data[2:8, 2:8, 2:8] = np.arange(5.0)
     np.testing.assert_allclose(cf.tissue_signal(data, prob), np.arange(5.0))
 
+
+
+def test_tissue_signal_refuses_a_mask_that_erosion_empties(rng):
+    """A one-voxel-thin CSF sheet (all voxels border grey matter) gives no signal, not a
+    mean over boundary voxels."""
+    data = rng.normal(size=(10, 10, 10, 5))
+    prob = np.zeros((10, 10, 10))
+    prob[2:8, 2:8, 5] = 1.0
+    assert cf.tissue_signal(data, prob) is None
+    np.testing.assert_allclose(cf.tissue_signal(data, prob, erode=0),
+                               data[2:8, 2:8, 5].reshape(-1, 5).mean(axis=0))
 
 def test_motion_outliers_threshold():
     assert cf.motion_outliers(np.array([0.0, 0.6, 0.5, 0.1]), 0.5).tolist() == [
@@ -371,3 +396,11 @@ def test_one_step_resampling_equals_ants_apply_transforms(tmp_path):
         assert inner.sum() > 1000
         np.testing.assert_allclose(out[..., k][inner], ref[inner], rtol=1e-3, atol=1e-2)
     assert not coverage.all()  # the 5 mm field of view does not cover the whole grid
+    # restricted to a mask: the same values inside, zeros and no coverage outside
+    sub = np.zeros(template.shape, bool)
+    sub[3:20, 4:25, 5:18] = True
+    part, part_cov = resample_to_mni(bold, motion, epi_to_t1, t1_to_mni, template, tmp_path,
+                                     mask=sub)
+    np.testing.assert_array_equal(part_cov, coverage & sub)
+    np.testing.assert_allclose(part[sub], out[sub], rtol=1e-6)
+    assert not part[~sub].any()

@@ -58,8 +58,8 @@ def expand_24(params: pd.DataFrame) -> pd.DataFrame:
 
 
 def tissue_signal(data: np.ndarray, probseg: np.ndarray, threshold: float = 0.9,
-                  erode: int = 1) -> np.ndarray:
-    """Mean time series of the voxels where a tissue probability exceeds ``threshold``.
+                  erode: int = 1, min_voxels: int = 10) -> np.ndarray | None:
+    """Mean time series of the confident, eroded voxels of a tissue.
 
     Parameters
     ----------
@@ -68,21 +68,27 @@ def tissue_signal(data: np.ndarray, probseg: np.ndarray, threshold: float = 0.9,
         Tissue probability on the same grid.
     threshold : float
     erode : int
-        Binary erosions of the tissue mask (keeps the signal away from grey matter).
+        Binary erosions of the tissue mask: they keep the signal away from grey matter.
+    min_voxels : int
+        Fewest voxels the eroded mask must keep.
 
     Returns
     -------
-    numpy.ndarray of shape (T,)
-        NaN-free; falls back to the uneroded mask if erosion leaves fewer than 10 voxels.
+    numpy.ndarray of shape (T,) or None
+        ``None`` when erosion leaves fewer than ``min_voxels`` voxels. There is no
+        fallback to the uneroded mask: at 3–4 mm every voxel of a thin structure (the
+        ventricles, sulcal CSF) touches grey matter, and a mean over such voxels carries
+        neural signal that the regression would then remove (measured on simulated
+        controls, where it removed most of the age effect on default-mode connectivity;
+        docs/func.md).
     """
     from scipy import ndimage
 
     mask = probseg > threshold
-    eroded = ndimage.binary_erosion(mask, iterations=erode) if erode else mask
-    if eroded.sum() >= 10:
-        mask = eroded
-    if mask.sum() == 0:
-        return np.zeros(data.shape[-1])
+    if erode:
+        mask = ndimage.binary_erosion(mask, iterations=erode)
+    if mask.sum() < min_voxels:
+        return None
     return data[mask].mean(axis=0)
 
 

@@ -123,7 +123,8 @@ def register_epi_to_t1(epi_ref, t1w, brain_mask, work_dir) -> dict:
     return {"transform": reg["fwdtransforms"][0], "mutual_information": mi, "epi_in_t1": warped}
 
 
-def resample_to_mni(bold_img, motion_affines, epi_to_t1, t1_to_mni, mni_template, work_dir):
+def resample_to_mni(bold_img, motion_affines, epi_to_t1, t1_to_mni, mni_template, work_dir,
+                    mask=None):
     """Resample every volume onto the MNI grid in one interpolation.
 
     The spatial chain MNI ← T1w ← EPI reference is composed once by ANTs into a
@@ -149,6 +150,9 @@ def resample_to_mni(bold_img, motion_affines, epi_to_t1, t1_to_mni, mni_template
         Target grid.
     work_dir : path-like
         Scratch folder for the composed displacement field.
+    mask : numpy.ndarray of bool, shape grid, optional
+        Only these MNI voxels are sampled (the others are 0 and not covered); the
+        template brain mask in the stage, about a third of the grid.
 
     Returns
     -------
@@ -158,22 +162,31 @@ def resample_to_mni(bold_img, motion_affines, epi_to_t1, t1_to_mni, mni_template
     """
     from scipy import ndimage
 
-    points = mni_to_epi_points(epi_to_t1, t1_to_mni, mni_template, bold_img, work_dir)
-    data = np.asarray(bold_img.dataobj, dtype=np.float32)
-    shape = np.array(data.shape[:3])
-    to_vox = np.linalg.inv(bold_img.affine)
     grid = mni_template.shape[:3]
-    out = np.empty((*grid, data.shape[3]), np.float32)
-    coverage = np.ones(int(np.prod(grid)), bool)
-    for k in range(data.shape[3]):
+    points = mni_to_epi_points(epi_to_t1, t1_to_mni, mni_template, bold_img, work_dir)
+    where = np.flatnonzero(np.ones(int(np.prod(grid)), bool) if mask is None
+                           else np.asarray(mask, bool).ravel())
+    points = points[:, where]
+    # volumes first, each one contiguous for map_coordinates
+    volumes = np.moveaxis(np.asarray(bold_img.dataobj, dtype=np.float32), -1, 0).copy()
+    shape = np.array(volumes.shape[1:])
+    to_vox = np.linalg.inv(bold_img.affine)
+    n_vol = volumes.shape[0]
+    sampled = np.empty((len(where), n_vol), np.float32)
+    covered = np.ones(len(where), bool)
+    for k in range(n_vol):
         m = to_vox @ motion_affines[k]
         vox = m[:3, :3] @ points + m[:3, 3:4]
-        coverage &= np.all((vox >= 0.0) & (vox <= shape[:, None] - 1.0), axis=0)
-        out[..., k] = ndimage.map_coordinates(data[..., k], vox, order=1, mode="nearest",
-                                              prefilter=False).reshape(grid)
-    coverage = coverage.reshape(grid)
-    out[~coverage] = 0.0  # outside the field of view in some volume
-    return out, coverage
+        covered &= np.all((vox >= 0.0) & (vox <= shape[:, None] - 1.0), axis=0)
+        sampled[:, k] = ndimage.map_coordinates(volumes[k], vox, order=1, mode="nearest",
+                                                prefilter=False)
+    del volumes
+    sampled[~covered] = 0.0  # outside the field of view in some volume
+    out = np.zeros((int(np.prod(grid)), n_vol), np.float32)
+    out[where] = sampled
+    coverage = np.zeros(int(np.prod(grid)), bool)
+    coverage[where] = covered
+    return out.reshape(*grid, n_vol), coverage.reshape(grid)
 
 
 def mni_to_epi_points(epi_to_t1, t1_to_mni, mni_template, bold_img, work_dir) -> np.ndarray:

@@ -97,12 +97,14 @@ def _native_to_mni(ctx, bold_run, cfg, template, tmask):
         overlap = check_overlap(loaded.img, brain, bold_run.path)
     with ctx.step("motion"):
         motion = estimate_motion(loaded.img, iterations=cfg.motion_iterations,
+                                 n_jobs=ctx.config.run.threads_per_process,
                                  work_dir=ctx.work_dir / "motion")
     with ctx.step("registration"):
         reg = register_epi_to_t1(motion.reference, t1w, brain, ctx.work_dir / "coreg")
     with ctx.step("resample"):
         data, coverage = resample_to_mni(loaded.img, motion.affines, reg["transform"],
-                                         str(anat.xfm_t1w_to_mni), template, ctx.work_dir)
+                                         str(anat.xfm_t1w_to_mni), template, ctx.work_dir,
+                                         mask=np.asarray(tmask.dataobj) > 0)
     tissues = {}
     from nilearn.image import resample_to_img
 
@@ -214,9 +216,20 @@ def _process_run(ctx, bold_run, ents) -> dict:
         table["dvars"] = dvars(brain)
         table["std_dvars"] = dvars(brain, standardize=True)
         ext = prep["external_confounds"]
+        tissue_flags = []
         if prep["tissues"] is not None:
-            table["white_matter"] = cf.tissue_signal(data, prep["tissues"]["wm"] * mask)
-            table["csf"] = cf.tissue_signal(data, prep["tissues"]["csf"] * mask)
+            for column, tissue in (("white_matter", "wm"), ("csf", "csf")):
+                signal = cf.tissue_signal(data, prep["tissues"][tissue] * mask)
+                if signal is None:
+                    tissue_flags.append(
+                        f"{column} signal not regressed: fewer than 10 voxels of the "
+                        f"{cfg.output_resolution:g} mm grid are {tissue.upper()} with probability "
+                        "> 0.9 after one erosion (every candidate voxel borders grey matter, "
+                        "whose signal the regression would remove)"
+                    )
+                    logger.warning("sub-%s: %s", ctx.subject, tissue_flags[-1])
+                else:
+                    table[column] = signal
             if cfg.acompcor_components:
                 noise = ((prep["tissues"]["wm"] > 0.9) | (prep["tissues"]["csf"] > 0.9)) & mask
                 comps = cf.acompcor(data, noise, cfg.acompcor_components)
@@ -260,7 +273,7 @@ def _process_run(ctx, bold_run, ents) -> dict:
     qc_extra.update(confound_regressors=list(regress.columns), motion_model=model)
     qc = qc_metrics(fd, table["dvars"].to_numpy()[prep["dropped"]:], scrub,
                     tsnr(data, mask), prep["coverage"], qc_extra)
-    qc["flags"].extend(model_flags)
+    qc["flags"].extend(model_flags + tissue_flags)
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     res = _res(cfg.output_resolution)
     mni = {"space": TEMPLATE_SPACE, "res": res}
