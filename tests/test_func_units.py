@@ -241,7 +241,6 @@ def test_tissue_signal_uses_only_confident_voxels(rng):
     np.testing.assert_allclose(cf.tissue_signal(data, prob), np.arange(5.0))
 
 
-
 def test_tissue_signal_refuses_a_mask_that_erosion_empties(rng):
     """A one-voxel-thin CSF sheet (all voxels border grey matter) gives no signal, not a
     mean over boundary voxels."""
@@ -251,6 +250,7 @@ def test_tissue_signal_refuses_a_mask_that_erosion_empties(rng):
     assert cf.tissue_signal(data, prob) is None
     np.testing.assert_allclose(cf.tissue_signal(data, prob, erode=0),
                                data[2:8, 2:8, 5].reshape(-1, 5).mean(axis=0))
+
 
 def test_motion_outliers_threshold():
     assert cf.motion_outliers(np.array([0.0, 0.6, 0.5, 0.1]), 0.5).tolist() == [
@@ -286,6 +286,25 @@ def test_reho_leaves_out_neighbours_outside_the_mask(rng):
     assert reho(y, mask)[1, 1, 1] == pytest.approx(1.0)
 
 
+
+def test_vectorised_reho_equals_the_per_voxel_definition(rng):
+    """Every voxel of an irregular mask (edges, holes) against Kendall's W computed alone."""
+    from scipy.stats import rankdata
+
+    y = rng.standard_normal((6, 5, 7, 30)) + rng.standard_normal(30)  # shared part: W > 0
+    mask = rng.uniform(size=(6, 5, 7)) > 0.3
+    w = reho(y, mask)
+    for x, yy, z in np.argwhere(mask):
+        near = [(a, b, c) for a in range(x - 1, x + 2) for b in range(yy - 1, yy + 2)
+                for c in range(z - 1, z + 2)
+                if 0 <= a < 6 and 0 <= b < 5 and 0 <= c < 7 and mask[a, b, c]]
+        ranks = rankdata(np.array([y[p] for p in near]), axis=1)
+        k, n = ranks.shape
+        s = ranks.sum(axis=0)
+        expected = 12 * np.sum((s - s.mean()) ** 2) / (k**2 * (n**3 - n))
+        assert w[x, yy, z] == pytest.approx(min(expected, 1.0), abs=1e-5)
+    assert not w[~mask].any()
+
 def test_alff_and_falff_of_a_sinusoid():
     tr, n = 2.0, 200
     t = np.arange(n) * tr
@@ -304,6 +323,19 @@ def test_seed_map_is_fisher_z_of_correlation(rng):
     assert z[0] > 5 and z[1] < -5
     assert abs(z[2]) < 0.3
 
+
+
+def test_carpet_mask_is_thinned_evenly_inside_the_mask(rng):
+    from brainage.func.qc import _carpet_mask
+
+    mask = rng.uniform(size=(7, 8, 9)) > 0.4
+    img = nib.Nifti1Image(mask.astype(np.uint8), np.eye(4))
+    assert _carpet_mask(img, 10_000) is img
+    thin = np.asarray(_carpet_mask(img, 50).dataobj) > 0
+    assert thin.sum() == 50 and not (thin & ~mask).any()
+    # evenly spread over the mask's voxels (first and last kept)
+    where = np.flatnonzero(mask.ravel())
+    assert thin.ravel()[where[0]] and thin.ravel()[where[-1]]
 
 # --------------------------------------------------------------------------- connectivity
 def test_connectivity_keeps_missing_regions_as_nan(rng):
@@ -349,6 +381,15 @@ def test_clean_voxels_agrees_with_nilearn_clean(rng):
     # the band-limited sinusoid survives, the confounds do not
     assert np.corrcoef(fast.mean(axis=1), np.sin(2 * np.pi * 0.04 * t[kept]))[0, 1] > 0.9
     assert abs(np.corrcoef(fast[:, 0], confounds[kept, 0])[0, 1]) < 0.2
+    # the unfiltered series (for ALFF) equal nilearn's clean without the band-pass, and
+    # float32 input gives the same result in float32
+    band32, raw32 = clean_voxels(data.astype(np.float32), confounds, kept, tr=2.0,
+                                 high_pass=0.01, low_pass=0.08, unfiltered=True)
+    assert band32.dtype == raw32.dtype == np.float32
+    nil = clean_signals(data, confounds, kept, tr=2.0, high_pass=None, low_pass=None,
+                        standardize=False)
+    np.testing.assert_allclose(raw32, nil, atol=2e-3)
+    np.testing.assert_allclose(band32, fast, atol=2e-3)
 
 
 # --------------------------------------------------------------------------- resampling

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["clean_signals", "clean_voxels", "interpolate_censored"]
+__all__ = ["clean_signals", "clean_voxels", "interpolate_censored", "regress_out"]
 
 
 def clean_signals(signals: np.ndarray, confounds, sample_mask, *, tr: float,
@@ -70,8 +70,29 @@ def interpolate_censored(cleaned: np.ndarray, sample_mask, n_volumes: int) -> np
     return out
 
 
+def regress_out(signals: np.ndarray, confounds: np.ndarray | None) -> np.ndarray:
+    """Residuals of ``signals`` (T, n) after least squares on standardised ``confounds`` (T, k).
+
+    What :func:`nilearn.signal.clean` does with ``standardize_confounds=True`` on
+    series that are already detrended and censored: an orthonormal basis of the
+    confounds (with the constant) is projected out, in float32 for whole-brain arrays.
+    """
+    out = np.asarray(signals)
+    if confounds is None or not np.asarray(confounds).shape[1]:
+        return out
+    conf = np.asarray(confounds, np.float64)
+    sd = conf.std(axis=0)
+    keep = sd > 1e-12 * max(1.0, float(np.abs(conf).max()))
+    conf = (conf[:, keep] - conf[:, keep].mean(axis=0)) / sd[keep]
+    basis = np.c_[np.ones(len(conf)) / np.sqrt(len(conf)), conf]
+    q, r = np.linalg.qr(basis)
+    q = q[:, np.abs(np.diag(r)) > 1e-8 * np.abs(np.diag(r)).max()].astype(out.dtype)
+    return out - q @ (q.T @ out)
+
+
 def clean_voxels(signals: np.ndarray, confounds, sample_mask, *, tr: float,
-                 high_pass: float | None, low_pass: float | None) -> np.ndarray:
+                 high_pass: float | None, low_pass: float | None,
+                 unfiltered: bool = False):
     """Band-pass and confound-clean many voxel series quickly (same order as nilearn).
 
     nilearn's :func:`~nilearn.signal.clean` with a ``sample_mask`` interpolates
@@ -80,27 +101,39 @@ def clean_voxels(signals: np.ndarray, confounds, sample_mask, *, tr: float,
     interpolated linearly and vectorised, both are filtered with
     :func:`nilearn.signal.butterworth`, and the filtered confounds are regressed
     from the filtered signals on the kept volumes only (filtering signals and
-    confounds alike, as nilearn does).
+    confounds alike, as nilearn does). Float32 in, float32 out.
+
+    Parameters
+    ----------
+    unfiltered : bool
+        Also return the detrended, confound-regressed series without the band-pass
+        (what ALFF needs), from the same detrending.
 
     Returns
     -------
-    numpy.ndarray of shape (len(sample_mask), n)
+    numpy.ndarray of shape (len(sample_mask), n), or a pair of them with ``unfiltered``
         Not standardised.
     """
-    from nilearn.signal import butterworth, clean
+    from nilearn.signal import butterworth
+    from scipy.signal import detrend
 
     kept = np.asarray(sample_mask)
     n_vol = signals.shape[0]
-    sig = clean(np.asarray(signals, np.float64)[kept], detrend=True, standardize=None,
-                filter=False)
-    sig = interpolate_censored(sig, kept, n_vol)
+    dtype = np.float32 if np.asarray(signals).dtype == np.float32 else np.float64
+    sig = detrend(np.asarray(signals, dtype)[kept], axis=0, type="linear").astype(dtype)
     conf = None
     if confounds is not None and np.asarray(confounds).shape[1]:
-        conf = interpolate_censored(np.asarray(confounds, np.float64)[kept], kept, n_vol)
+        conf = detrend(np.asarray(confounds, np.float64)[kept], axis=0, type="linear")
+    raw = regress_out(sig, conf) if unfiltered else None
+    sig = interpolate_censored(sig, kept, n_vol)
+    conf_full = None if conf is None else interpolate_censored(conf, kept, n_vol)
     if high_pass or low_pass:
-        sig = butterworth(sig, 1.0 / tr, low_pass=low_pass, high_pass=high_pass, copy=True)
-        if conf is not None:
-            conf = butterworth(conf, 1.0 / tr, low_pass=low_pass, high_pass=high_pass,
-                               copy=True)
-    return clean(sig[kept], detrend=False, standardize=None, filter=False,
-                 confounds=None if conf is None else conf[kept], standardize_confounds=True)
+        sig = butterworth(sig, 1.0 / tr, low_pass=low_pass, high_pass=high_pass,
+                          copy=False).astype(dtype, copy=False)
+        if conf_full is not None:
+            conf_full = butterworth(conf_full, 1.0 / tr, low_pass=low_pass,
+                                    high_pass=high_pass, copy=True)
+    sig = sig[kept]
+    sig -= sig.mean(axis=0)
+    out = regress_out(sig, None if conf_full is None else conf_full[kept])
+    return (out, raw) if unfiltered else out

@@ -330,14 +330,15 @@ def _process_run(ctx, bold_run, ents) -> dict:
             qc[f"regions_missing_{atlas_id}"] = int((~valid).sum())
     if cfg.maps:
         with ctx.step("maps"):
-            series = data[mask].T
+            series = data[mask].T  # (T, V) float32
             mean = series.mean(axis=0)
-            pct = 100.0 * series / np.where(mean == 0, 1.0, mean)
-            bandpassed = clean_voxels(pct, regress.to_numpy(), kept, tr=tr, **band)
+            pct = series * (100.0 / np.where(mean == 0, 1.0, mean)).astype(np.float32)
+            del series
+            bandpassed, unfiltered = clean_voxels(pct, regress.to_numpy(), kept, tr=tr,
+                                                  unfiltered=True, **band)
+            del pct
             maps = {}
             if "alff" in cfg.maps or "falff" in cfg.maps:
-                unfiltered = clean_signals(pct, regress, kept, tr=tr, standardize=False,
-                                           high_pass=None, low_pass=None)
                 even = interpolate_censored(unfiltered, kept, n_vol)
                 alff, falff = alff_falff(even, tr, (cfg.high_pass, band["low_pass"]))
                 maps["alff"], maps["falff"] = alff, falff
