@@ -13,9 +13,17 @@ peak resident memory including ANTs' native allocations, which tracemalloc canno
    against the simulator's truth (``sourcedata/brainage-truth``): GM map r, Dice of
    GM > 0.5, regional Harvard-Oxford GM r; medians across participants.
 
-Writes ``bench/results/anat.json``. Timings taken on a shared machine are inflated.
+4. **age trend** (``--n-age N``): N simulated controls of the demo preset across the age
+   range (seed 2, no patients) with the demo configuration; least-squares slopes of total
+   GM and lateral-ventricle volume against age, ours and the simulator's truth for the same
+   participants (``participants_truth.tsv``), raw and adjusted for TIV (ours with our TIV,
+   the truth with the true TIV); sign agreement and the ratio ours / truth.
 
-Usage: ``python bench/bench_anat.py [--n-demo 3] [--skip-reference] [--skip-default]``
+Writes ``bench/results/anat.json``, merged with the sections already there (a run that
+skips a part keeps that part's previous figures). Timings taken on a shared machine are
+inflated; each section records the load average.
+
+Usage: ``python bench/bench_anat.py [--n-demo 3] [--n-age 10] [--skip-reference] [--skip-default]``
 """
 
 from __future__ import annotations
@@ -73,7 +81,9 @@ def _child(args) -> None:
     nib.save(res.gm_mni, out / "gm_mni.nii.gz")
     regional_gm_volumes(res.gm_modulated_mni, "HarvardOxford").to_csv(
         out / "ho.tsv", sep="\t", index=False)
-    (out / "run.json").write_text(json.dumps({"times": times, "tissue": tissue_volumes(res)}))
+    (out / "run.json").write_text(json.dumps({"times": times, "tissue": tissue_volumes(res),
+                                              "segmentation": res.metrics.get("segmentation", {})},
+                                             default=float))
 
 
 def _run(t1w: Path, config: str, override: dict, out: Path) -> dict:
@@ -99,6 +109,88 @@ def _gm_r(a: Path, b: Path, mask) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def slope_table(age, ours: dict, truth: dict, tiv_ours, tiv_truth) -> dict:
+    """Slopes (mL/year) of each measure against age: ours vs truth, raw and TIV-adjusted.
+
+    Parameters
+    ----------
+    age : array-like
+        Ages (years).
+    ours, truth : dict
+        Measure name → values per participant (same order as ``age``).
+    tiv_ours, tiv_truth : array-like
+        TIV per participant, the covariate of the adjusted slopes.
+
+    Returns
+    -------
+    dict
+        Per measure: ``slope_ours``, ``slope_truth``, ``ratio``, ``same_sign`` and the same
+        for the TIV-adjusted fit (``adjusted_*``).
+    """
+    import numpy as np
+
+    age = np.asarray(age, float)
+
+    def fit(y, tiv=None):
+        cols = [np.ones_like(age), age] + ([np.asarray(tiv, float)] if tiv is not None else [])
+        return float(np.linalg.lstsq(np.column_stack(cols), np.asarray(y, float), rcond=None)[0][1])
+
+    out = {}
+    for name in ours:
+        raw_o, raw_t = fit(ours[name]), fit(truth[name])
+        adj_o, adj_t = fit(ours[name], tiv_ours), fit(truth[name], tiv_truth)
+        out[name] = {
+            "slope_ours": round(raw_o, 4), "slope_truth": round(raw_t, 4),
+            "ratio": round(raw_o / raw_t, 3), "same_sign": bool(np.sign(raw_o) == np.sign(raw_t)),
+            "adjusted_slope_ours": round(adj_o, 4), "adjusted_slope_truth": round(adj_t, 4),
+            "adjusted_ratio": round(adj_o / adj_t, 3),
+            "adjusted_same_sign": bool(np.sign(adj_o) == np.sign(adj_t)),
+        }
+    return out
+
+
+def _age_trend(work: Path, n: int) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from brainage.simulate import simulate_cohort
+
+    root = work / "age"
+    if not (root / f"sub-{n:02d}").is_dir():
+        simulate_cohort(root, n_subjects=n, preset="demo", seed=2, patient_fraction=0.0)
+    truth = pd.read_csv(root / "sourcedata" / "brainage-truth" / "participants_truth.tsv",
+                        sep="\t").set_index("participant_id")
+    rows = []
+    for i in range(1, n + 1):
+        sub = f"{i:02d}"
+        run = _run(root / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz", "demo", {}, work / f"run_age_{sub}")
+        t = truth.loc[f"sub-{sub}"]
+        rows.append({"subject": sub, "age": float(t["age"]), "wall_s": run["wall_s"],
+                     "tissue": run["tissue"],
+                     "tissue_truth": {k: round(float(t[k]), 3) for k in
+                                      ("gm_ml", "wm_ml", "csf_ml", "tiv_ml", "ventricles_ml")},
+                     "segmentation": run.get("segmentation", {})})
+    measures = ("gm_ml", "ventricles_ml", "csf_ml", "tiv_ml")
+    ours = {m: [r["tissue"][m] for r in rows] for m in measures}
+    true = {m: [r["tissue_truth"][m] for r in rows] for m in measures}
+    ages = [r["age"] for r in rows]
+    slopes = slope_table(ages, {m: ours[m] for m in measures[:3]},
+                         {m: true[m] for m in measures[:3]}, ours["tiv_ml"], true["tiv_ml"])
+    tiv = slope_table(ages, {"tiv_ml": ours["tiv_ml"]}, {"tiv_ml": true["tiv_ml"]},
+                      ours["tiv_ml"], true["tiv_ml"])["tiv_ml"]
+    return {
+        "config": "demo", "preset": "demo", "seed": 2, "n_controls": n,
+        "participants": rows,
+        "slopes_ml_per_year": slopes,
+        "tiv_slope_ml_per_year": {k: v for k, v in tiv.items() if not k.startswith("adjusted")},
+        "tiv_r_ours_truth": round(float(np.corrcoef(ours["tiv_ml"], true["tiv_ml"])[0, 1]), 4),
+        "csf_r_ours_truth": round(float(np.corrcoef(ours["csf_ml"], true["csf_ml"])[0, 1]), 4),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "note": "slopes by least squares against chronological age; 'adjusted' adds TIV as a "
+                "covariate (ours: our TIV, truth: the true TIV)",
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -109,6 +201,8 @@ def main() -> None:
     p.add_argument("--n-demo", type=int, default=3)
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-default", action="store_true")
+    p.add_argument("--n-age", type=int, default=0,
+                   help="Simulated controls of the age-trend check (0 skips it).")
     p.add_argument("--workdir", default=None, help="Keep simulated data here (default: temp).")
     args = p.parse_args()
     if args.child:
@@ -196,7 +290,19 @@ def main() -> None:
             "median_regional_r_across_participants": (
                 round(float(np.median(across)), 4) if across else None),
             "note": "across-participant regional r needs >= 3 participants and is noisy with few",
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
         }
+    if args.n_age > 0:
+        figures["age_trend"] = _age_trend(work, args.n_age)
+
+    from bench._common import RESULTS
+
+    previous = RESULTS / "anat.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        for key in ("benchmark", "machine"):
+            old.pop(key, None)
+        figures = {**old, **figures}
     path = write_result("anat", figures)
     print(path)
 

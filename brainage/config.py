@@ -101,6 +101,16 @@ class AnatConfig(_Section):
     atropos_mrf: float = Field(
         default=0.1, ge=0, le=1, description="Atropos MRF smoothing weight (neighbours 1x1x1)."
     )
+    intracranial_margin_mm: float = Field(
+        default=10.0, ge=0, le=20,
+        description="Search this far (mm) outside the brain mask for the skull; the CSF before it "
+        "counts in CSF and TIV (0: TIV is the brain mask only).",
+    )
+    tissue_fractions: Literal["posterior", "partial_volume"] = Field(
+        default="partial_volume",
+        description="Tissue maps: Atropos posteriors, or partial-volume fractions unmixed from "
+        "the intensities of the two most probable classes.",
+    )
     registration: RegistrationConfig = RegistrationConfig()
     output_resolution: Literal[1.0, 1.5, 2.0, 4.0] = Field(
         default=2.0, description="Grid (mm) of the MNI-space tissue maps (the `res-` entity)."

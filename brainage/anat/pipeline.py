@@ -53,6 +53,45 @@ def warp_to_template(image, reference, transforms, *, interpolator="linear"):
     return ants.apply_transforms(reference, image, list(transforms), interpolator=interpolator)
 
 
+def _segment(t1, tmpl, reg, config):
+    """Brain mask and tissue maps of the T1w (native ANTsImages) and segmentation facts.
+
+    Atropos inside the brain mask with the template's priors carried back through
+    ``reg.inverse``; with ``config.tissue_fractions == "partial_volume"`` the posteriors
+    become tissue fractions (:func:`~brainage.anat.preprocess.partial_volume`). With
+    ``config.intracranial_margin_mm`` > 0 the CSF between brain and skull
+    (:func:`~brainage.anat.preprocess.extracerebral_csf`) is added to the CSF map, so it
+    counts in CSF and TIV.
+    """
+    import ants
+
+    def back(img):
+        return ants.apply_transforms(t1, pp.to_ants(img), reg.inverse, interpolator="linear")
+
+    mask = ants.threshold_image(back(tmpl["mask"]), 0.5, 2.0)
+    priors = [back(tmpl[k]) for k in ("csf", "gm", "wm")]
+    seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations,
+                     prior_weight=config.atropos_prior_weight, mrf=config.atropos_mrf)
+    brain = mask.numpy() > 0
+    intensity = t1.numpy()
+    info = {}
+    shell = None
+    if config.intracranial_margin_mm > 0:
+        shell, info["extracerebral"] = pp.extracerebral_csf(
+            intensity, brain, t1.spacing, config.intracranial_margin_mm)
+    if config.tissue_fractions == "partial_volume":
+        arrays = {k: v.numpy() for k, v in seg.items()}
+        levels = pp.tissue_levels(intensity, arrays, brain,
+                                  csf_level=info.get("extracerebral", {}).get("csf_level"))
+        info["tissue_levels"] = {k: round(v, 4) for k, v in levels.items()}
+        seg = {k: t1.new_image_like(v) for k, v in
+               pp.partial_volume(intensity, arrays, levels, brain).items()}
+    if shell is not None:
+        seg["csf"] = t1.new_image_like((seg["csf"].numpy() * brain + shell).astype(np.float32))
+    logger.debug("segmentation %s", info)
+    return mask, seg, info
+
+
 def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> AnatResult:
     """Run N4, registration, segmentation and MNI resampling on one T1w.
 
@@ -106,19 +145,9 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
             )
         with step("segmentation"):
             if tissue is None:
-                mask = ants.apply_transforms(
-                    t1, pp.to_ants(tmpl_reg["mask"]), reg.inverse, interpolator="linear"
-                )
-                mask = ants.threshold_image(mask, 0.5, 2.0)
-                priors = [
-                    ants.apply_transforms(t1, pp.to_ants(tmpl_reg[k]), reg.inverse,
-                                          interpolator="linear")
-                    for k in ("csf", "gm", "wm")
-                ]
-                seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations,
-                                 prior_weight=config.atropos_prior_weight,
-                                 mrf=config.atropos_mrf)
+                mask, seg, seg_info = _segment(t1, tmpl_reg, reg, config)
             else:
+                seg_info = {}
                 mask = pp.to_ants(tissue["brain_mask"])
                 seg = {k: pp.to_ants(tissue[k]) for k in ("csf", "gm", "wm")}
         with step("resample"):
@@ -163,5 +192,6 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
         csf_modulated_mni=on_grid(probs["csf"] * jac),
         jacobian_mni=on_grid(jac),
         registration=reg,
+        metrics={"segmentation": seg_info},
     )
     return result

@@ -34,11 +34,14 @@ from ..exceptions import ProcessingError
 
 __all__ = [
     "Registration",
+    "extracerebral_csf",
     "jacobian_determinant",
     "n4",
+    "partial_volume",
     "register",
     "segment",
     "template",
+    "tissue_levels",
     "to_ants",
     "to_nibabel",
 ]
@@ -332,8 +335,186 @@ def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int 
         c=f"[{int(iterations)},0.001]",
         priorweight=float(prior_weight),
     )
-    csf, gm, wm = out["probabilityimages"][:3]
+    probs = out["probabilityimages"]
+    if len(priors) == 4:
+        other, csf, gm, wm = probs[:4]
+        return {"other": other, "csf": csf, "gm": gm, "wm": wm}
+    csf, gm, wm = probs[:3]
     return {"csf": csf, "gm": gm, "wm": wm}
+
+
+def extracerebral_csf(intensity: np.ndarray, brain: np.ndarray, spacing,
+                      max_margin_mm: float) -> tuple[np.ndarray, dict]:
+    """CSF between the brain and the skull: fractions in a shell outside the brain mask.
+
+    The brain mask carried back from the template holds brain tissue and the CSF inside
+    it, but not the CSF around the brain, which belongs to the intracranial volume. Outside
+    the mask, the mean T1w intensity over shells of equal distance falls from CSF to the
+    dark inner table of the skull and rises again in the diploë and scalp; the shells
+    before the darkest one are intracranial. In them each voxel's CSF fraction is its
+    intensity unmixed between bone (the 2nd percentile out to ``max_margin_mm``) and
+    CSF (the peak of the shell's histogram below the brain's median intensity).
+
+    Parameters
+    ----------
+    intensity : numpy.ndarray
+        Bias-corrected T1w.
+    brain : numpy.ndarray of bool
+        Brain mask (same grid).
+    spacing : sequence of float
+        Voxel size (mm).
+    max_margin_mm : float
+        Farthest distance (mm) from the brain mask searched for the skull.
+
+    Returns
+    -------
+    fraction : numpy.ndarray of float32
+        CSF fraction (0 inside the brain mask and beyond the skull).
+    info : dict
+        ``margin_mm`` (distance of the last intracranial shell), ``csf_level``,
+        ``bone_level``.
+    """
+    from scipy import ndimage
+
+    spacing = tuple(float(s) for s in spacing)
+    dist = ndimage.distance_transform_edt(~brain, sampling=spacing)
+    width = 0.5 * max(spacing)
+    search = (dist > 0) & (dist <= max_margin_mm + width)
+    if search.sum() < 100 or not brain.any():
+        return np.zeros(intensity.shape, np.float32), {"margin_mm": 0.0}
+    edges = np.arange(0.0, max_margin_mm + 2 * width, width)
+    which = np.digitize(dist[search], edges) - 1
+    counts = np.bincount(which, minlength=len(edges))
+    sums = np.bincount(which, weights=intensity[search], minlength=len(edges))
+    valid = counts >= 20
+    profile = np.where(valid, sums / np.maximum(counts, 1), np.inf)
+    darkest = int(np.argmin(profile))
+    margin = float(edges[darkest])
+    shell = (dist > 0) & (dist <= margin)
+    bone = float(np.percentile(intensity[search], 2))
+    top = float(np.median(intensity[brain]))
+    values = intensity[shell]
+    values = values[(values > bone) & (values < top)]
+    if margin <= 0 or values.size < 50:
+        return np.zeros(intensity.shape, np.float32), {"margin_mm": 0.0}
+    hist, hist_edges = np.histogram(values, bins=100, range=(bone, top))
+    hist = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    csf = float(0.5 * (hist_edges[:-1] + hist_edges[1:])[int(np.argmax(hist))])
+    fraction = np.zeros(intensity.shape, np.float32)
+    if csf > bone:
+        fraction[shell] = np.clip((intensity[shell] - bone) / (csf - bone), 0.0, 1.0)
+    return fraction, {"margin_mm": round(margin, 2), "csf_level": round(csf, 4),
+                      "bone_level": round(bone, 4)}
+
+
+def tissue_levels(intensity: np.ndarray, posteriors: dict, region: np.ndarray, *,
+                  csf_level: float | None = None) -> dict:
+    """Intensity of pure CSF, GM and WM, from the voxels least mixed with other tissue.
+
+    The class *means* of a Gaussian mixture are pulled towards their neighbours by the
+    many partial-volume voxels of a low-resolution image, and atrophy that thins the
+    cortex from its CSF side makes a cortical voxel a GM/CSF mixture; pure tissue is
+    where a class is far from the others:
+
+    - WM: median intensity where the WM posterior exceeds 0.95;
+    - GM: median intensity of the GM core (GM posterior > 0.5, eroded by one voxel, so
+      no voxel touches CSF or WM);
+    - CSF: ``csf_level`` when given (the CSF around the brain, see
+      :func:`extracerebral_csf`, where CSF is not mixed with GM), else the peak of the
+      CSF posterior-weighted histogram.
+
+    Parameters
+    ----------
+    intensity : numpy.ndarray
+        Bias-corrected T1w.
+    posteriors : dict of numpy.ndarray
+        ``csf``, ``gm``, ``wm`` posteriors (same grid).
+    region : numpy.ndarray of bool
+        The brain mask.
+    csf_level : float, optional
+        Pure CSF intensity measured elsewhere.
+
+    Returns
+    -------
+    dict
+        ``csf``, ``gm``, ``wm`` → intensity.
+
+    Raises
+    ------
+    ProcessingError
+        If a class has too few voxels to measure its intensity.
+    """
+    from scipy import ndimage
+
+    def median(where, name):
+        if where.sum() < 20:
+            raise ProcessingError(
+                f"too few {name} voxels to measure its intensity for partial-volume fractions; "
+                "check the registration in the QC mosaic or set anat.tissue_fractions: posterior"
+            )
+        return float(np.median(intensity[where]))
+
+    out = {"wm": median(region & (posteriors["wm"] > 0.95), "white-matter")}
+    core = ndimage.binary_erosion(posteriors["gm"] > 0.5) & region
+    if core.sum() < 100:
+        core = region & (posteriors["gm"] > 0.95)
+    out["gm"] = median(core, "grey-matter")
+    if csf_level is None:
+        values = intensity[region]
+        hist, edges = np.histogram(values, bins=200, weights=posteriors["csf"][region] ** 2,
+                                   range=(float(values.min()), out["gm"]))
+        hist = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+        csf_level = float(0.5 * (edges[:-1] + edges[1:])[int(np.argmax(hist))])
+    out["csf"] = float(csf_level)
+    return {k: out[k] for k in ("csf", "gm", "wm")}
+
+
+def partial_volume(intensity: np.ndarray, posteriors: dict, levels: dict,
+                   region: np.ndarray) -> dict:
+    """Tissue fractions per voxel by linear unmixing of the two most probable classes.
+
+    A voxel whose intensity lies between the pure intensities of its two most probable
+    classes is a mixture of them in proportion to where it lies (the partial-volume model
+    of FSL FAST and SPM); outside that interval it is the nearer class. The posteriors
+    choose *which* classes mix (a CSF/WM voxel at a ventricle wall has GM intensity but
+    little GM posterior); the intensity says *how much* of each.
+
+    Parameters
+    ----------
+    intensity : numpy.ndarray
+        Bias-corrected T1w.
+    posteriors : dict of numpy.ndarray
+        Class posteriors (e.g. Atropos).
+    levels : dict
+        Pure intensity per class (:func:`tissue_levels`).
+    region : numpy.ndarray of bool
+        Voxels to unmix; fractions are 0 elsewhere.
+
+    Returns
+    -------
+    dict
+        Class name → fraction (float32, summing to 1 inside ``region``).
+    """
+    names = list(posteriors)
+    stack = np.stack([posteriors[n][region] for n in names])
+    order = np.argsort(-stack, axis=0)
+    first, second = order[0], order[1]
+    mu = np.asarray([levels[n] for n in names])
+    value = intensity[region]
+    mu1, mu2 = mu[first], mu[second]
+    span = mu2 - mu1
+    safe = np.where(np.abs(span) > 1e-6, span, 1.0)
+    frac2 = np.where(np.abs(span) > 1e-6, np.clip((value - mu1) / safe, 0.0, 1.0), 0.0)
+    fractions = np.zeros_like(stack, dtype=np.float32)
+    cols = np.arange(value.size)
+    fractions[first, cols] = 1.0 - frac2
+    fractions[second, cols] += frac2
+    out = {}
+    for k, n in enumerate(names):
+        full = np.zeros(intensity.shape, np.float32)
+        full[region] = fractions[k]
+        out[n] = full
+    return out
 
 
 # --------------------------------------------------------------------------- jacobian

@@ -19,7 +19,7 @@ import numpy as np
 from ..exceptions import InputFileError, ProcessingError
 from .outputs import atlas_entities, output_entities
 
-__all__ = ["regional_gm_volumes", "run", "tissue_volumes"]
+__all__ = ["regional_gm_volumes", "run", "tissue_volumes", "ventricle_region"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +64,35 @@ def regional_gm_volumes(gm_modulated, atlas_id: str):
     return table
 
 
+#: Lateral ventricles are measured within this distance (mm) of their atlas labels, so a
+#: ventricle that has grown beyond the (young-adult) atlas outline is measured whole.
+VENTRICLE_MARGIN_MM = 4.0
+
+
+def ventricle_region(labels, values, affine, margin_mm: float = VENTRICLE_MARGIN_MM):
+    """Atlas ventricle labels grown by ``margin_mm`` (bool array on the atlas grid)."""
+    from scipy import ndimage
+
+    region = np.isin(labels, values)
+    if margin_mm <= 0:
+        return region
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return ndimage.distance_transform_edt(~region, sampling=tuple(zooms)) <= margin_mm
+
+
 def tissue_volumes(result) -> dict:
     """Native tissue volumes (mL), TIV and lateral-ventricle volume.
 
-    TIV is GM + WM + CSF inside the brain mask. ``ventricles_ml`` is the modulated
-    CSF inside the Harvard-Oxford lateral ventricles (left + right).
+    TIV is GM + WM + CSF summed over the native tissue maps (which are zero outside the
+    region that was segmented: the brain mask, grown by ``anat.intracranial_margin_mm`` to
+    take in the CSF between brain and skull). ``ventricles_ml`` is the modulated CSF inside
+    the Harvard-Oxford lateral ventricles (left + right) grown by :data:`VENTRICLE_MARGIN_MM`.
     """
     import nibabel as nib
 
     voxel_ml = float(np.prod(result.gm.header.get_zooms()[:3])) / 1000.0
-    mask = np.asarray(result.brain_mask.dataobj) > 0
     vols = {
-        f"{k}_ml": float(np.asarray(getattr(result, k).dataobj, dtype=np.float64)[mask].sum())
+        f"{k}_ml": float(np.asarray(getattr(result, k).dataobj, dtype=np.float64).sum())
         * voxel_ml
         for k in ("gm", "wm", "csf")
     }
@@ -85,7 +102,8 @@ def tissue_volumes(result) -> dict:
         "HarvardOxford", tuple(csf.shape), np.asarray(csf.affine, np.float64).tobytes()
     )
     names = atlas.labels.set_index("name")["index"]
-    vent = np.isin(labels, [names["Left_Lateral_Ventricle"], names["Right_Lateral_Ventricle"]])
+    vent = ventricle_region(labels, [names["Left_Lateral_Ventricle"],
+                                     names["Right_Lateral_Ventricle"]], csf.affine)
     out_voxel_ml = float(abs(np.linalg.det(csf.affine[:3, :3]))) / 1000.0
     vols["ventricles_ml"] = float(np.asarray(csf.dataobj, np.float64)[vent].sum()) * out_voxel_ml
     del nib

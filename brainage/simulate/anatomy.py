@@ -35,6 +35,8 @@ __all__ = [
 SPACE = "MNI152NLin2009aSym"
 #: Padding of the model grid around the template grid (mm).
 PAD_MM = 8.0
+#: Smoothing (mm) of the CSF side that grey-matter loss comes from (cortical thinning).
+_EXPOSURE_SIGMA_MM = 1.0
 #: Lattice steps by which a deformation lattice extends beyond its model grid.
 _LATTICE_MARGIN = 2
 
@@ -122,6 +124,9 @@ class Templates:
         Atlas labels (int32, 0 outside).
     label_table : pandas.DataFrame
         The atlas label table (index, name, hemisphere, lobe, network).
+    gm_exposure : numpy.ndarray
+        How much each grey-matter voxel faces CSF (smoothed CSF-or-outside fraction,
+        scaled to a GM-weighted mean of 1): aging thins grey matter from its CSF side.
     """
 
     affine: np.ndarray
@@ -135,6 +140,7 @@ class Templates:
     weights: np.ndarray
     labels: np.ndarray
     label_table: object
+    gm_exposure: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple:
@@ -295,6 +301,11 @@ def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) ->
             )
         weights[np.isin(labels, kinds[kind])] = weight
     weights = ndimage.gaussian_filter(weights, 3.0 / resolution).astype(np.float32)
+    # Cortical thinning: grey matter is lost from the side that faces CSF (sulci, the
+    # brain surface, the ventricles), so deep grey matter keeps its intensity.
+    exposure = ndimage.gaussian_filter(csf + (1.0 - mask), _EXPOSURE_SIGMA_MM / resolution)
+    exposure = exposure * (gm > 0)
+    exposure /= max(float((gm * exposure).sum() / max(gm.sum(), 1e-6)), 1e-6)
     logger.debug("model grid %s at %.2f mm", shape, resolution)
     return Templates(
         affine=affine,
@@ -308,6 +319,7 @@ def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) ->
         weights=weights,
         labels=labels,
         label_table=table,
+        gm_exposure=exposure.astype(np.float32),
     )
 
 
@@ -535,8 +547,10 @@ def aged_tissues(tpl: Templates, structural_age: float, params, modulation) -> d
     """Tissue probabilities of one participant in MNI space.
 
     Grey matter is lost in proportion to the structural age above
-    ``age_reference`` with regional weights; lost grey matter becomes (sulcal)
-    CSF. The lateral ventricles grow outwards by
+    ``age_reference`` with regional weights, from the side of the cortex that faces
+    CSF (``tpl.gm_exposure``: voxels next to sulci lose more, deep grey matter
+    little, the GM-weighted mean is the regional rate); lost grey matter becomes
+    (sulcal) CSF. The lateral ventricles grow outwards by
     ``ventricle_growth_mm_per_year`` per year, turning the tissue they reach
     into CSF. An age-independent smooth modulation (±6 %) of grey matter adds
     individual anatomy.
@@ -559,7 +573,8 @@ def aged_tissues(tpl: Templates, structural_age: float, params, modulation) -> d
     years = max(0.0, structural_age - params.age_reference)
     gm = tpl.gm * (1.0 + 0.06 * np.clip(modulation, -2.5, 2.5)).astype(np.float32)
     gm = np.minimum(gm, tpl.mask - tpl.wm)
-    loss = np.clip(params.gm_loss_per_year * years * tpl.weights, 0.0, 0.7)
+    exposure = tpl.weights if tpl.gm_exposure is None else tpl.weights * tpl.gm_exposure
+    loss = np.clip(params.gm_loss_per_year * years * exposure, 0.0, 0.9)
     gm_aged = gm * (1.0 - loss)
     growth = params.ventricle_growth_mm_per_year * years
     shell = np.clip(growth - tpl.ventricle_distance + 0.5, 0.0, 1.0) * tpl.mask
