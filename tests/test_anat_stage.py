@@ -114,3 +114,99 @@ def test_stage_end_to_end_on_simulated_participants(tmp_path):
         assert o.mosaic.read_text().lstrip().startswith("<?xml")
     frame = collect_structural_features(out)
     assert list(frame.index) == ["sub-01", "sub-02"]
+
+
+def _sphere_head(spacing=2.0, rim_mm=4.0, noise=0.01, seed=0):
+    """A brain ball (GM shell over WM) in CSF, bone, diploe and scalp layers."""
+    rng = np.random.default_rng(seed)
+    n = int(160 / spacing)
+    ax = (np.arange(n) - n / 2 + 0.5) * spacing
+    x, y, z = np.meshgrid(ax, ax, ax, indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    brain = r <= 50
+    layers = [(50 + rim_mm, 0.25), (50 + rim_mm + 3, 0.06), (50 + rim_mm + 7, 0.35),
+              (50 + rim_mm + 9, 0.06), (50 + rim_mm + 14, 0.8)]
+    img = np.where(r <= 44, 1.0, 0.6)
+    inner = 50.0
+    for outer, value in layers:
+        img = np.where((r > inner) & (r <= outer), value, img)
+        inner = outer
+    img = np.where(r > inner, 0.0, img)
+    img = img + noise * rng.standard_normal(img.shape)
+    return img.astype(np.float32), brain, r
+
+
+def test_extracerebral_csf_stops_at_the_skull():
+    from brainage.anat.preprocess import extracerebral_csf
+
+    spacing = 2.0
+    img, brain, r = _sphere_head(spacing)
+    frac, info = extracerebral_csf(img, brain, (spacing,) * 3, 10.0)
+    true_ml = 4 / 3 * np.pi * (54**3 - 50**3) / 1000
+    got_ml = frac.sum() * spacing**3 / 1000
+    assert info["csf_level"] == pytest.approx(0.25, abs=0.03)
+    assert info["bone_level"] < 0.1
+    assert 3.0 <= info["margin_mm"] <= 6.0
+    assert got_ml == pytest.approx(true_ml, rel=0.15)
+    assert frac[brain].max() == 0  # inside the brain mask the segmentation decides
+    assert frac[r > 62].max() == 0  # the diploe (CSF-like intensity) beyond the skull is out
+    # no margin: nothing outside the brain mask
+    empty, info0 = extracerebral_csf(img, brain, (spacing,) * 3, 0.0)
+    assert empty.sum() == 0 and info0["margin_mm"] == 0.0
+
+
+def test_partial_volume_unmixes_the_two_most_probable_classes():
+    from brainage.anat.preprocess import partial_volume
+
+    levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
+    intensity = np.array([0.2, 0.425, 0.8, 1.1, 0.6, 0.6], np.float32)
+    post = {  # the last voxel: GM intensity, but a CSF/WM boundary (little GM posterior)
+        "csf": np.array([0.9, 0.6, 0.0, 0.0, 0.1, 0.5], np.float32),
+        "gm": np.array([0.1, 0.4, 0.5, 0.1, 0.8, 0.0], np.float32),
+        "wm": np.array([0.0, 0.0, 0.5, 0.9, 0.1, 0.5], np.float32),
+    }
+    region = np.ones(6, bool)
+    frac = partial_volume(intensity, post, levels, region)
+    total = frac["csf"] + frac["gm"] + frac["wm"]
+    assert np.allclose(total, 1.0)
+    assert frac["csf"][0] == 1.0  # darker than pure CSF
+    assert frac["gm"][1] == pytest.approx(0.5) and frac["csf"][1] == pytest.approx(0.5)
+    assert frac["wm"][2] == pytest.approx(0.5) and frac["gm"][2] == pytest.approx(0.5)
+    assert frac["wm"][3] == 1.0
+    assert frac["gm"][4] == pytest.approx(1.0)
+    assert frac["gm"][5] == 0.0 and frac["wm"][5] == pytest.approx(0.35 / 0.75)
+
+
+def test_tissue_levels_take_pure_grey_matter_from_the_core():
+    from brainage.anat.preprocess import tissue_levels
+
+    # a thick GM slab whose two outer layers are GM/CSF mixtures (thinned cortex)
+    shape = (40, 12, 12)
+    intensity = np.full(shape, 1.0, np.float32)
+    gm = np.zeros(shape, np.float32)
+    wm = np.zeros(shape, np.float32)
+    csf = np.zeros(shape, np.float32)
+    wm[:15] = 1
+    gm[15:30] = 1
+    csf[30:] = 1
+    intensity[15:30] = 0.6
+    intensity[28:30] = 0.45  # partial GM/CSF, still labelled GM
+    intensity[30:] = 0.25
+    region = np.ones(shape, bool)
+    levels = tissue_levels(intensity, {"csf": csf, "gm": gm, "wm": wm}, region, csf_level=0.25)
+    assert levels["gm"] == pytest.approx(0.6)
+    assert levels["wm"] == pytest.approx(1.0)
+    assert levels["csf"] == 0.25
+
+
+def test_ventricle_region_grows_by_the_margin():
+    from brainage.anat.stage import ventricle_region
+
+    labels = np.zeros((21, 21, 21), np.int32)
+    labels[10, 10, 10] = 3
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert ventricle_region(labels, [3], affine, 0.0).sum() == 1
+    grown = ventricle_region(labels, [3], affine, 4.0)
+    idx = np.argwhere(grown)
+    assert np.sqrt((((idx - 10) * 2.0) ** 2).sum(axis=1)).max() <= 4.0
+    assert grown[12, 10, 10] and not grown[13, 10, 10]
