@@ -149,7 +149,8 @@ def _within_dmn(relmat, networks, fisher: bool = True):
     return float(np.nanmean(z[iu]))
 
 
-def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2):
+def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes: int = 100,
+                     bold_mm: float = 4.0):
     """Age slope of within-DMN connectivity in controls: ours against the simulator's truth."""
     import pandas as pd
 
@@ -162,10 +163,11 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2):
 
     root = out_dir / "cohort"
     if not root.exists():
-        simulate_cohort(root, n_subjects=n_subjects, preset="test", seed=5, n_volumes=100,
-                        bold_voxel_size=4.0, patient_fraction=0.0, n_jobs=nprocs)
+        simulate_cohort(root, n_subjects=n_subjects, preset="test", seed=5, n_volumes=n_volumes,
+                        bold_voxel_size=bold_mm, patient_fraction=0.0, n_jobs=nprocs)
     cfg = config_to_dict(load_config("demo"))
     cfg["run"].update(nprocs=nprocs)
+    cfg["func"].update(output_resolution=min(4.0, bold_mm))
     t0 = time.perf_counter()
     summary = run_participants(discover_inputs(root), resolve_stages(["anat", "func"]),
                                parse_config(cfg), out_dir / "cohort_out", nprocs=nprocs)
@@ -218,9 +220,10 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2):
         "relmat_r_median": round(float(frame["relmat_r"].median()), 3),
         "participants": frame.round(4).to_dict(orient="records"),
         "load_average_end": os.getloadavg(),
+        "bold_mm": bold_mm, "n_volumes": n_volumes,
         "note": "within-DMN mean Fisher z (and Pearson r) regressed on age in controls; truth "
-                "from the simulator's true parcel signals (test preset, 4 mm BOLD, 100 "
-                "volumes); tissue_regressors: the WM/CSF means each participant's denoising "
+                "from the simulator's true parcel signals (test preset, T1 4 mm, BOLD bold_mm, "
+                "n_volumes volumes); tissue_regressors: the WM/CSF means each participant's denoising "
                 "used (a tissue whose eroded mask is empty at 4 mm is left out)",
     }
 
@@ -234,15 +237,20 @@ def main(argv=None):
                         help="also simulate N participants and measure the age effect on "
                              "within-DMN connectivity (only this part runs if --only-age)")
     parser.add_argument("--only-age", action="store_true")
+    parser.add_argument("--age-volumes", type=int, default=100)
+    parser.add_argument("--age-bold-mm", type=float, default=4.0)
+    parser.add_argument("--age-key", default="age_effect",
+                        help="results key of the age measurement (to keep several)")
     parser.add_argument("--keep-motion", action="store_true",
                         help="reuse the motion comparison of the previous results file")
     args = parser.parse_args(argv)
     dest = Path(__file__).parent / "results" / "func.json"
     if args.only_age:
-        age = bench_age_effect(args.age_cohort, args.out)
+        age = bench_age_effect(args.age_cohort, args.out, n_volumes=args.age_volumes,
+                               bold_mm=args.age_bold_mm)
         result = json.loads(dest.read_text()) if dest.is_file() else {"machine": _machine()}
-        result["age_effect"] = age
-        print(result["age_effect"], flush=True)
+        result[args.age_key] = age
+        print(result[args.age_key], flush=True)
         dest.write_text(json.dumps(result, indent=2, default=str) + "\n")
         return
 
@@ -319,8 +327,8 @@ def main(argv=None):
                                         truth_motion, args.motion_subset)
     if args.age_cohort:
         result["age_effect"] = bench_age_effect(args.age_cohort, args.out)
-    elif "age_effect" in previous:
-        result["age_effect"] = previous["age_effect"]  # merge: keep the last measurement
+    for key in [k for k in previous if k.startswith("age_effect") and k not in result]:
+        result[key] = previous[key]  # merge: keep the last age measurements
     result["machine"]["load_average_end"] = os.getloadavg()
     dest.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print("wrote", dest)
