@@ -102,9 +102,14 @@ def save_mosaic(t1_mni, mask_mni, gm_mni, path) -> None:
     from ..io import atomic_path
 
     gm_bin = nib.Nifti1Image((np.asarray(gm_mni.dataobj) > 0.5).astype(np.uint8), gm_mni.affine)
+    # Grey levels from the brain's own intensity range, so that GM, WM and CSF stay
+    # distinguishable (an automatic range saturates the brain once the head is included).
+    t1 = np.asarray(t1_mni.dataobj, dtype=np.float32)
+    inside = t1[np.asarray(mask_mni.dataobj) > 0.5]
+    vmin, vmax = (np.percentile(inside, [0.5, 99.5]) if inside.size else (None, None))
     display = plotting.plot_anat(
         t1_mni, display_mode="z", cut_coords=8, draw_cross=False, annotate=True,
-        black_bg=True, dim=-0.5,
+        black_bg=True, dim=0, vmin=vmin, vmax=vmax,
     )
     try:
         display.add_contours(mask_mni, levels=[0.5], colors="r", linewidths=0.8)
