@@ -241,15 +241,17 @@ def test_tissue_signal_uses_only_confident_voxels(rng):
     np.testing.assert_allclose(cf.tissue_signal(data, prob), np.arange(5.0))
 
 
-def test_tissue_signal_refuses_a_mask_that_erosion_empties(rng):
-    """A one-voxel-thin CSF sheet (all voxels border grey matter) gives no signal, not a
-    mean over boundary voxels."""
+def test_tissue_signal_when_erosion_empties_the_mask(rng):
+    """A one-voxel-thin CSF sheet: no signal without fallback, the uneroded mean with it."""
     data = rng.normal(size=(10, 10, 10, 5))
     prob = np.zeros((10, 10, 10))
     prob[2:8, 2:8, 5] = 1.0
-    assert cf.tissue_signal(data, prob) is None
-    np.testing.assert_allclose(cf.tissue_signal(data, prob, erode=0),
-                               data[2:8, 2:8, 5].reshape(-1, 5).mean(axis=0))
+    sheet = data[2:8, 2:8, 5].reshape(-1, 5).mean(axis=0)
+    assert cf.tissue_signal(data, prob, fallback=False) is None
+    assert not cf.tissue_mask_eroded(prob)
+    # the default falls back to the uneroded mask (and the stage records it in QC)
+    np.testing.assert_allclose(cf.tissue_signal(data, prob), sheet)
+    np.testing.assert_allclose(cf.tissue_signal(data, prob, erode=0), sheet)
 
 
 def test_motion_outliers_threshold():

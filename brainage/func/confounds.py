@@ -28,6 +28,7 @@ __all__ = [
     "motion_columns",
     "motion_outliers",
     "regressors",
+    "tissue_mask_eroded",
     "tissue_signal",
 ]
 
@@ -58,7 +59,8 @@ def expand_24(params: pd.DataFrame) -> pd.DataFrame:
 
 
 def tissue_signal(data: np.ndarray, probseg: np.ndarray, threshold: float = 0.9,
-                  erode: int = 1, min_voxels: int = 10) -> np.ndarray | None:
+                  erode: int = 1, min_voxels: int = 10,
+                  fallback: bool = True) -> np.ndarray | None:
     """Mean time series of the confident, eroded voxels of a tissue.
 
     Parameters
@@ -71,25 +73,39 @@ def tissue_signal(data: np.ndarray, probseg: np.ndarray, threshold: float = 0.9,
         Binary erosions of the tissue mask: they keep the signal away from grey matter.
     min_voxels : int
         Fewest voxels the eroded mask must keep.
+    fallback : bool
+        When erosion leaves fewer than ``min_voxels`` voxels, use the uneroded mask
+        (``True``) or return ``None``. At 3–4 mm one erosion empties the CSF mask and
+        every voxel of the uneroded one borders grey matter: its mean then carries some
+        cortical signal, but it also carries the physiological noise, and leaving it out
+        lowered the parcel accuracy more than it helped (measured on simulated
+        participants, docs/func.md), so the stage falls back and records it in QC.
 
     Returns
     -------
     numpy.ndarray of shape (T,) or None
-        ``None`` when erosion leaves fewer than ``min_voxels`` voxels. There is no
-        fallback to the uneroded mask: at 3–4 mm every voxel of a thin structure (the
-        ventricles, sulcal CSF) touches grey matter, and a mean over such voxels carries
-        neural signal that the regression would then remove (measured on simulated
-        controls, where it removed most of the age effect on default-mode connectivity;
-        docs/func.md).
+        ``None`` only without ``fallback``; zeros for an empty mask.
     """
     from scipy import ndimage
 
     mask = probseg > threshold
-    if erode:
-        mask = ndimage.binary_erosion(mask, iterations=erode)
-    if mask.sum() < min_voxels:
+    eroded = ndimage.binary_erosion(mask, iterations=erode) if erode else mask
+    if eroded.sum() >= min_voxels:
+        mask = eroded
+    elif not fallback:
         return None
+    if mask.sum() == 0:
+        return np.zeros(data.shape[-1])
     return data[mask].mean(axis=0)
+
+
+def tissue_mask_eroded(probseg: np.ndarray, threshold: float = 0.9, erode: int = 1,
+                       min_voxels: int = 10) -> bool:
+    """Whether :func:`tissue_signal` uses the eroded mask (``False``: it fell back)."""
+    from scipy import ndimage
+
+    mask = probseg > threshold
+    return bool(ndimage.binary_erosion(mask, iterations=erode).sum() >= min_voxels)
 
 
 def acompcor(data: np.ndarray, noise_mask: np.ndarray, n_components: int = 5) -> np.ndarray:

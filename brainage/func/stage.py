@@ -216,20 +216,14 @@ def _process_run(ctx, bold_run, ents) -> dict:
         table["dvars"] = dvars(brain)
         table["std_dvars"] = dvars(brain, standardize=True)
         ext = prep["external_confounds"]
-        tissue_flags = []
+        tissue_masks = {}
         if prep["tissues"] is not None:
             for column, tissue in (("white_matter", "wm"), ("csf", "csf")):
-                signal = cf.tissue_signal(data, prep["tissues"][tissue] * mask)
-                if signal is None:
-                    tissue_flags.append(
-                        f"{column} signal not regressed: fewer than 10 voxels of the "
-                        f"{cfg.output_resolution:g} mm grid are {tissue.upper()} with probability "
-                        "> 0.9 after one erosion (every candidate voxel borders grey matter, "
-                        "whose signal the regression would remove)"
-                    )
-                    logger.warning("sub-%s: %s", ctx.subject, tissue_flags[-1])
-                else:
-                    table[column] = signal
+                prob = prep["tissues"][tissue] * mask
+                table[column] = cf.tissue_signal(data, prob)
+                tissue_masks[column] = "eroded" if cf.tissue_mask_eroded(prob) else (
+                    "uneroded: one erosion left fewer than 10 voxels, so the mean includes "
+                    "voxels that border grey matter")
             if cfg.acompcor_components:
                 noise = ((prep["tissues"]["wm"] > 0.9) | (prep["tissues"]["csf"] > 0.9)) & mask
                 comps = cf.acompcor(data, noise, cfg.acompcor_components)
@@ -273,7 +267,9 @@ def _process_run(ctx, bold_run, ents) -> dict:
     qc_extra.update(confound_regressors=list(regress.columns), motion_model=model)
     qc = qc_metrics(fd, table["dvars"].to_numpy()[prep["dropped"]:], scrub,
                     tsnr(data, mask), prep["coverage"], qc_extra)
-    qc["flags"].extend(model_flags + tissue_flags)
+    qc["flags"].extend(model_flags)
+    if tissue_masks:
+        qc["tissue_masks"] = tissue_masks
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     res = _res(cfg.output_resolution)
     mni = {"space": TEMPLATE_SPACE, "res": res}
