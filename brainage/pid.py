@@ -264,14 +264,14 @@ def _validate_samples(y, z1, z2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y2, z1a, z2a
 
 
-def _positive_variances(cov: np.ndarray, what: str = "cov", order: str = "[y, z1, z2]") -> np.ndarray:
+def _positive_variances(cov: np.ndarray, what: str = "cov") -> np.ndarray:
     """Return the diagonal of ``cov``, refusing zero or negative variances."""
     var = np.diag(cov)
     if np.any(var <= 0):
         idx = np.flatnonzero(var <= 0).tolist()
         raise ValueError(
             f"singular covariance: {what} has zero (or negative) variance at index/indices {idx} "
-            f"of {order}; remove constant columns."
+            "of [y, z1, z2]; remove constant columns."
         )
     return var
 
@@ -292,15 +292,14 @@ def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
     ``_SINGULAR_RTOL`` means that variable is (nearly) a linear combination of
     the others.
     """
-    singular_msg = _SINGULAR_MSG
     try:
         chol = linalg.cholesky(corr, lower=True, check_finite=False)
     except linalg.LinAlgError as err:
-        raise ValueError(singular_msg) from err
+        raise ValueError(_SINGULAR_MSG) from err
     cond_var = np.diag(chol) ** 2
     if cond_var.min() <= _SINGULAR_RTOL:
         raise ValueError(
-            f"{singular_msg} (smallest conditional variance {cond_var.min():.3g} at index "
+            f"{_SINGULAR_MSG} (smallest conditional variance {cond_var.min():.3g} at index "
             f"{int(np.argmin(cond_var))} of the reordered matrix)"
         )
     return chol
