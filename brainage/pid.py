@@ -397,12 +397,14 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -
             f"cov: expected the ({d}, {d}) covariance of [y, z1, z2] "
             f"(dy={dy}, d1={d1}, d2={d2}), got shape {arr.shape}."
         )
-    # One pass over the matrix: the asymmetry is NaN or inf when any entry is.
-    asym = float(np.abs(arr - arr.T).max())
-    if not math.isfinite(asym) or not np.all(np.isfinite(np.diag(arr))):
+    # One pass over the matrix: arr - arr.T is antisymmetric, so its maximum is its
+    # largest absolute entry, and it is NaN or inf when any off-diagonal entry is.
+    asym = float((arr - arr.T).max())
+    diag = arr.diagonal()
+    if not math.isfinite(asym) or not math.isfinite(float(diag.sum())):
         raise ValueError("cov contains non-finite values (NaN or inf).")
     # For a covariance every |entry| is at most the largest variance (Cauchy-Schwarz).
-    scale = float(np.abs(np.diag(arr)).max())
+    scale = float(np.abs(diag).max())
     if asym > 1e-8 * max(scale, 1e-300) + 1e-12 * max(1.0, scale):
         raise ValueError("cov: expected a symmetric matrix; pass the covariance of [y, z1, z2].")
     return 0.5 * (arr + arr.T) if symmetrize else arr

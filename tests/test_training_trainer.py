@@ -116,3 +116,39 @@ def test_requires_pid_target():
     net, data, y_std, _, tr, va, cfg = _setup(max_epochs=1)
     with pytest.raises(ValueError, match="needs y_pid"):
         train_model(net, data, y_std, tr, va, cfg, device="cpu")
+
+
+def test_lazy_regularization_runs_the_regularizers_on_every_kth_batch(monkeypatch):
+    import brainage.models.losses as losses
+
+    calls = []
+    real = losses.cs_gaussianity_loss
+
+    def spy(a, **kw):
+        calls.append(a.shape[0])
+        return real(a, **kw)
+
+    monkeypatch.setattr(losses, "cs_gaussianity_loss", spy)
+    counts = {}
+    for k in (1, 3):
+        calls.clear()
+        # 240 training samples in batches of 64: 4 batches per epoch, 8 in two epochs
+        net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=2, regularizer_interval=k)
+        train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+        counts[k] = len(calls)
+    # two modalities; batches 0..7 with k = 1, batches 0, 3, 6 with k = 3
+    assert counts == {1: 16, 3: 6}
+    with pytest.raises(ValueError, match="regularizer_interval must be >= 1"):
+        get_preset("default", regularizer_interval=0)
+
+
+def test_plateau_schedule_lowers_the_network_rate_but_not_the_bottleneck_rate():
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=6, plateau_patience=0,
+                                                  early_stopping_patience=100)
+    rng = np.random.default_rng(1)
+    res = train_model(net, data, rng.normal(size=len(y_std)), tr, va, cfg, y_pid=y_pid,
+                      device="cpu")
+    lrs = [e["lr"] for e in res.history]
+    assert lrs[-1] < cfg.lr  # validation loss on pure noise stops improving: rate halved
+    # the θ_m of the noise bottleneck keep their own rate
+    assert all(e["lambda_lr"] == cfg.lambda_lr for e in res.history)

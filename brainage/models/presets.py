@@ -53,6 +53,11 @@ class PIDRegConfig:
         Weights of the Gaussianity, conditional-independence and normality losses.
     cmi_sigma_scale : float
         Kernel width of the CMI loss as a multiple of the median heuristic.
+    regularizer_interval : int
+        Compute the three regularizers on every ``k``-th training batch only, with
+        their weights multiplied by ``k`` (lazy regularization, Karras et al. 2020,
+        StyleGAN2): the same regularization per epoch in expectation for ``1/k`` of
+        its cost. 1 = every batch (the reference behaviour).
     pid_scope : {"batch", "window"}
         Estimate the PID on each batch (then average over the epoch) or once per
         epoch on the latest ``pid_window`` training latents.
@@ -90,6 +95,7 @@ class PIDRegConfig:
     lambda_cmi: float = 0.1
     lambda_norm: float = 0.1
     cmi_sigma_scale: float = 1.0
+    regularizer_interval: int = 1
     pid_scope: str = "window"
     pid_window: int = 4096
     pid_bias_correction: bool = True
@@ -116,6 +122,10 @@ class PIDRegConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}."
+            )
+        if int(self.regularizer_interval) < 1:
+            raise ValueError(
+                f"regularizer_interval must be >= 1 (1 = every batch), got {self.regularizer_interval}."
             )
         if self.latent_dim < 1 or self.batch_size < 2 or self.max_epochs < 1:
             raise ValueError(

@@ -241,12 +241,21 @@ def train_model(
         )
     theta = [p for n, p in model.named_parameters() if n.startswith("theta.")]
     others = [p for n, p in model.named_parameters() if not n.startswith("theta.")]
-    opt = torch.optim.Adam(others, lr=cfg.lr)
-    opt_theta = torch.optim.Adam(theta, lr=cfg.lambda_lr) if theta else None
+    # One Adam with two parameter groups (the bottleneck's θ_m have their own learning
+    # rate): the same updates as two optimizers, with one step per batch. The plateau
+    # schedule lowers only the network's rate: θ's floor is its own rate.
+    groups = [{"params": others, "lr": cfg.lr}]
+    min_lrs = [cfg.min_lr]
+    if theta:
+        groups.append({"params": theta, "lr": cfg.lambda_lr})
+        min_lrs.append(cfg.lambda_lr)
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-        min_lr=cfg.min_lr,
+        min_lr=min_lrs,
     )
+    reg_every = int(cfg.regularizer_interval)
+    step = 0
 
     def autocast():
         if device.type == "cuda":
@@ -285,22 +294,25 @@ def train_model(
                 out = net(xb)
             pred = out["pred"].float()
             loss = torch.mean((pred - yb) ** 2)
-            if is_pid and use_regularizers:
+            # Lazy regularization: every reg_every-th batch, weights scaled by reg_every.
+            if is_pid and use_regularizers and step % reg_every == 0:
                 a = {m: v.float() for m, v in out["a"].items()}
                 z = {m: v.float() for m, v in out["z"].items()}
                 if cfg.lambda_cs > 0:
-                    loss = loss + cfg.lambda_cs * sum(
+                    loss = loss + reg_every * cfg.lambda_cs * sum(
                         cs_gaussianity_loss(a[m], generator=g_cs) for m in modalities
                     )
                 if cfg.lambda_cmi > 0:
-                    loss = loss + cfg.lambda_cmi * _cmi_term(z, xb, modalities, cfg.cmi_sigma_scale)
+                    loss = loss + reg_every * cfg.lambda_cmi * _cmi_term(
+                        z, xb, modalities, cfg.cmi_sigma_scale)
                 n_joint = 1 + sum(z[m].shape[1] for m in modalities)
                 # Whitening the joint needs more samples than dimensions: a short last
                 # batch skips this term.
                 if stage == 1 and cfg.lambda_norm > 0 and len(b) > n_joint + 1:
                     yg = torch.as_tensor(y_pid[b], dtype=torch.float32, device=device)
                     joint = torch.cat([yg[:, None]] + [z[m] for m in modalities], dim=1)
-                    loss = loss + cfg.lambda_norm * normality_loss(joint)
+                    loss = loss + reg_every * cfg.lambda_norm * normality_loss(joint)
+            step += 1
             if is_pid and stage == 1:
                 zd = {m: v.detach().float() for m, v in out["z"].items()}
                 yg = torch.as_tensor(y_pid[b], dtype=torch.float64, device=device)
@@ -319,13 +331,9 @@ def train_model(
                     "rate or check the inputs for extreme values."
                 )
             opt.zero_grad(set_to_none=True)
-            if opt_theta is not None:
-                opt_theta.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            if opt_theta is not None:
-                opt_theta.step()
             losses.append(float(loss.detach()))
 
         if world > 1:
@@ -386,6 +394,8 @@ def train_model(
             val = entry["train_loss"]
         entry["val_loss"] = val
         entry["lr"] = float(opt.param_groups[0]["lr"])
+        if theta:
+            entry["lambda_lr"] = float(opt.param_groups[1]["lr"])
         sched.step(val)
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
