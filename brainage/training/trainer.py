@@ -100,16 +100,22 @@ class TrainResult:
 def _pid_atoms(y, zs: dict, pairs, *, bias_correction: bool) -> dict | None:
     """PID atoms per pair, or None when the sample is too small or degenerate."""
     from brainage.models.pid_torch import gaussian_pid_torch
+    from brainage.pid import gaussian_pid
 
     out = {}
     yy = y.reshape(-1, 1).double()
+    on_cpu = yy.device.type == "cpu"
     for p, q in pairs:
         if yy.shape[0] <= 1 + zs[p].shape[1] + zs[q].shape[1]:
             return None
         try:
-            res = gaussian_pid_torch(
-                yy, zs[p].double(), zs[q].double(), bias_correction=bias_correction
-            )
+            if on_cpu:  # the numpy closed form: same numbers, about 3x faster on CPU
+                res = gaussian_pid(yy.numpy(), zs[p].double().numpy(), zs[q].double().numpy(),
+                                   bias_correction=bias_correction).as_dict()
+            else:
+                res = gaussian_pid_torch(
+                    yy, zs[p].double(), zs[q].double(), bias_correction=bias_correction
+                )
         except ValueError as err:  # e.g. a latent unit with zero variance in this sample
             logger.debug("PID skipped: %s", err)
             return None
