@@ -111,6 +111,11 @@ class AnatConfig(_Section):
         description="Tissue maps: Atropos posteriors, or partial-volume fractions unmixed from "
         "the intensities of the two most probable classes.",
     )
+    gm_prior_min: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Partial-volume fractions: where the template GM prior (carried to the T1w) is "
+        "below this, a voxel mixes CSF and WM only (ventricle walls have GM-like intensity).",
+    )
     registration: RegistrationConfig = RegistrationConfig()
     output_resolution: Literal[1.0, 1.5, 2.0, 4.0] = Field(
         default=2.0, description="Grid (mm) of the MNI-space tissue maps (the `res-` entity)."

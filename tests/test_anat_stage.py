@@ -180,6 +180,54 @@ def test_partial_volume_unmixes_the_two_most_probable_classes():
     assert frac["gm"][5] == 0.0 and frac["wm"][5] == pytest.approx(0.35 / 0.75)
 
 
+def test_mixel_fractions_keep_noisy_pure_tissue_pure():
+    """Noise around a pure level is not turned into the neighbouring class (clipping bias)."""
+    from brainage.anat.preprocess import noise_sd, partial_volume
+
+    rng = np.random.default_rng(0)
+    levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
+    sigma = 0.04
+    n = 20000
+    # mostly pure WM (deep white matter) and a quarter as many GM/WM mixtures (uniform fraction),
+    # all with GM and WM as the two most probable classes
+    truth_wm = np.concatenate([np.ones(4 * n), rng.uniform(0, 1, n)])
+    intensity = (0.6 + 0.4 * truth_wm + sigma * rng.standard_normal(truth_wm.size)).astype(np.float32)
+    post = {"csf": np.zeros_like(intensity), "gm": np.full_like(intensity, 0.6),
+            "wm": np.full_like(intensity, 0.4)}
+    region = np.ones(intensity.size, bool)
+    linear = partial_volume(intensity, post, levels, region)
+    mixel = partial_volume(intensity, post, levels, region, sigma=sigma)
+    for frac in (linear, mixel):
+        assert np.allclose(frac["gm"] + frac["wm"], 1.0, atol=1e-6)
+    pure = slice(0, 4 * n)
+    # clipped linear unmixing turns the noise below pure WM into GM: 0.4 sd / span = 4 %
+    assert linear["wm"][pure].mean() < 0.965
+    assert linear["wm"].sum() < 0.97 * truth_wm.sum()
+    # the mixel model keeps pure WM pure and the total right
+    assert mixel["wm"][pure].mean() > 0.985
+    assert mixel["wm"].sum() == pytest.approx(truth_wm.sum(), rel=0.005)
+    assert mixel["wm"][4 * n:].mean() == pytest.approx(truth_wm[4 * n:].mean(), abs=0.05)
+    # the noise SD is measured in the eroded WM core
+    img = np.full((20, 20, 20), 1.0, np.float32) + sigma * rng.standard_normal((20, 20, 20)).astype(
+        np.float32)
+    assert noise_sd(img, np.ones_like(img), np.ones(img.shape, bool)) == pytest.approx(sigma, rel=0.1)
+
+
+def test_excluded_class_is_not_unmixed():
+    """A ventricle wall (CSF/WM mixture with GM-like intensity) where the template has no GM."""
+    from brainage.anat.preprocess import partial_volume
+
+    levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
+    intensity = np.array([0.625, 0.625], np.float32)
+    post = {k: np.array(v, np.float32) for k, v in
+            {"csf": [0.3, 0.3], "gm": [0.6, 0.6], "wm": [0.1, 0.1]}.items()}
+    no_gm = np.array([False, True])
+    frac = partial_volume(intensity, post, levels, np.ones(2, bool), excluded={"gm": no_gm})
+    assert frac["gm"][0] == pytest.approx(1.0)  # GM allowed: a GM voxel
+    assert frac["gm"][1] == 0.0  # GM excluded: half CSF, half WM
+    assert frac["csf"][1] == pytest.approx(0.5) and frac["wm"][1] == pytest.approx(0.5)
+
+
 def test_tissue_levels_take_pure_grey_matter_from_the_core():
     from brainage.anat.preprocess import tissue_levels
 

@@ -84,8 +84,12 @@ def _segment(t1, tmpl, reg, config):
         levels = pp.tissue_levels(intensity, arrays, brain,
                                   csf_level=info.get("extracerebral", {}).get("csf_level"))
         info["tissue_levels"] = {k: round(v, 4) for k, v in levels.items()}
+        sigma = pp.noise_sd(intensity, arrays["wm"], brain)
+        info["noise_sd"] = round(sigma, 4)
+        no_gm = priors[1].numpy() < config.gm_prior_min
         seg = {k: t1.new_image_like(v) for k, v in
-               pp.partial_volume(intensity, arrays, levels, brain).items()}
+               pp.partial_volume(intensity, arrays, levels, brain, sigma=sigma,
+                                 excluded={"gm": no_gm}).items()}
     if shell is not None:
         seg["csf"] = t1.new_image_like((seg["csf"].numpy() * brain + shell).astype(np.float32))
     logger.debug("segmentation %s", info)
