@@ -73,7 +73,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
             section = cfg.get(spec.name, {})
             manifest = input_manifest(_stage_inputs(spec, inputs))
             ups = {}
-            for name in spec.requires:
+            for name in spec.requirements(derivatives_dir):
                 if name in upstream:
                     ups[name] = upstream[name]
                 else:
@@ -283,13 +283,13 @@ def run_participants(
 
     def ready(task):
         # a requirement that is neither pending nor running is finished or was up to date
-        keys = [f"sub-{task.subject}:{req}" for req in task.stage.requires]
+        keys = [f"sub-{task.subject}:{req}" for req in task.stage.requirements(task.derivatives_dir)]
         active = {entry[0] for entry in running.values()}
         return not any(k in pending or k in active for k in keys)
 
     def blocked(task):
         return [
-            req for req in task.stage.requires
+            req for req in task.stage.requirements(task.derivatives_dir)
             if finished.get(f"sub-{task.subject}:{req}") in ("failed", "excluded")
         ]
 

@@ -53,6 +53,19 @@ class StageSpec:
     entry: str
     requires: tuple[str, ...] = ()
     description: str = ""
+    #: Requirements that preprocessed input given with ``--derivatives`` (fMRIPrep) replaces.
+    replaced_by_derivatives: tuple[str, ...] = ()
+
+    def requirements(self, derivatives_dir=None) -> tuple[str, ...]:
+        """Stages that must have run first for a participant.
+
+        With fMRIPrep derivatives the functional stage reads MNI-space BOLD and
+        fMRIPrep's confounds (WM and CSF signals included), so it needs no
+        structural result.
+        """
+        if derivatives_dir is None:
+            return self.requires
+        return tuple(r for r in self.requires if r not in self.replaced_by_derivatives)
 
     def load(self):
         """Import and return the stage function."""
@@ -80,6 +93,7 @@ STAGES: dict[str, StageSpec] = {
         "brainage.func.stage:run",
         requires=("anat",),
         description="functional: motion correction, confounds, denoising, connectivity, maps",
+        replaced_by_derivatives=("anat",),
     ),
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..exceptions import InputFileError
 
-__all__ = ["find_fmriprep_run", "read_confounds"]
+__all__ = ["find_fmriprep_run", "needed_columns", "read_confounds"]
 
 
 def _pattern(subject: str, entities: dict, rest: str) -> str:
@@ -60,31 +60,67 @@ def find_fmriprep_run(derivatives_dir, subject: str, entities: dict) -> dict:
     bold = bolds[0]
     confounds = sorted(root.rglob(_pattern(subject, entities, "desc-confounds_timeseries.tsv")))
     if not confounds:
+        expected = _pattern(subject, entities, "").removesuffix("_*") + \
+            "_desc-confounds_timeseries.tsv"
         raise InputFileError(
-            root, f"no fMRIPrep confounds file next to {bold.name}",
-            "Give the complete fMRIPrep output folder (…_desc-confounds_timeseries.tsv is needed)",
+            bold.parent / expected, f"no fMRIPrep confounds file for {bold.name}",
+            "Give the complete fMRIPrep output folder: the functional stage takes the motion "
+            "parameters, framewise displacement and WM/CSF signals from this file",
         )
     mask = Path(str(bold).replace("desc-preproc_bold", "desc-brain_mask"))
     return {"bold": bold, "confounds": confounds[0], "mask": mask if mask.is_file() else None}
 
 
-def read_confounds(path):
-    """Read an fMRIPrep confounds TSV (``n/a`` → NaN) and check its motion columns.
+def needed_columns(*, tissue: bool, n_acompcor: int, global_signal: bool) -> list[str]:
+    """Columns of fMRIPrep's confounds file that the configured denoising regresses.
+
+    Besides the motion parameters: ``white_matter`` and ``csf`` (or the first
+    ``n_acompcor`` ``a_comp_cor_XX``), and ``global_signal`` when asked; without a
+    structural result these signals cannot be computed here, so they must be in the file.
+    """
+    cols = []
+    if tissue:
+        cols += ["white_matter", "csf"]
+    cols += [f"a_comp_cor_{j:02d}" for j in range(n_acompcor)]
+    if global_signal:
+        cols.append("global_signal")
+    return cols
+
+
+def read_confounds(path, needed=()):
+    """Read an fMRIPrep confounds TSV (``n/a`` → NaN) and check its columns.
+
+    Parameters
+    ----------
+    path : path-like
+    needed : sequence of str
+        Columns the denoising needs besides ``trans_x … rot_z`` (:func:`needed_columns`).
 
     Raises
     ------
     InputFileError
-        A motion column is missing.
+        The file cannot be read, or a motion column or a needed column is missing.
     """
     import pandas as pd
 
     from .motion import MOTION_COLUMNS
 
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except (OSError, ValueError) as exc:
+        raise InputFileError(path, f"cannot be read as a tab-separated table ({exc})",
+                             "Give fMRIPrep's …_desc-confounds_timeseries.tsv unchanged") from exc
     missing = [c for c in MOTION_COLUMNS if c not in table.columns]
     if missing:
         raise InputFileError(
             path, f"missing motion columns {', '.join(missing)}",
             "Give an fMRIPrep (>= 1.2) confounds file, which has trans_x … rot_z",
+        )
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise InputFileError(
+            path, f"missing column(s) {', '.join(missing)} that the denoising regresses",
+            "Give the full fMRIPrep confounds file, or change func.acompcor_components / "
+            "func.global_signal to use columns the file has",
         )
     return table

@@ -134,7 +134,7 @@ def _fmriprep_to_mni(ctx, bold_run, ents, cfg, template, tmask):
     import nibabel as nib
     from nilearn.image import resample_to_img
 
-    from .fmriprep import find_fmriprep_run, read_confounds
+    from .fmriprep import find_fmriprep_run, needed_columns, read_confounds
     from .load import read_sidecar, repetition_time
 
     with ctx.step("load"):
@@ -145,7 +145,9 @@ def _fmriprep_to_mni(ctx, bold_run, ents, cfg, template, tmask):
                                  "Point --derivatives at fMRIPrep's output folder")
         sidecar = read_sidecar(bold_run.sidecar)
         tr, warnings = repetition_time(img, sidecar, bold_run.path, bold_run.sidecar)
-        table = read_confounds(found["confounds"])
+        table = read_confounds(found["confounds"], needed_columns(
+            tissue=not cfg.acompcor_components, n_acompcor=cfg.acompcor_components,
+            global_signal=cfg.global_signal))
         if len(table) != img.shape[3]:
             raise InputFileError(found["confounds"],
                                  f"{len(table)} rows but the BOLD has {img.shape[3]} volumes",

@@ -23,6 +23,8 @@ __all__ = [
     "framewise_displacement",
     "parcel_signals",
     "synthesize_bold",
+    "true_bold_in_mni",
+    "true_mni_to_native",
 ]
 
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -239,4 +241,89 @@ def synthesize_bold(tpl, tissues, signals, label_values, *, shape, affine, pose,
             value *= 0.97  # spin-history intensity drop on abrupt movement
         value += sigma * rng.standard_normal(value.shape, dtype=np.float32)
         out[..., k] = np.clip(np.rint(value), 0, 32767).astype(np.int16)
+    return out
+
+
+def true_mni_to_native(points: np.ndarray, pose: np.ndarray, scale: float, deformation,
+                       iterations: int = 20) -> np.ndarray:
+    """Invert the true native → MNI map for MNI points of shape (N, 3).
+
+    The forward map is ``m = g + u(g)`` with ``g = P⁻¹ x / s``
+    (:func:`~brainage.simulate.anatomy.native_to_mni`); ``g`` is found by the
+    fixed-point iteration ``g ← m − u(g)`` (``u`` is smooth and a few mm, so it
+    converges to well below a micrometre in 20 steps), then ``x = P (s g)``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (N, 3)
+        Native scanner coordinates (mm) at zero head motion.
+    """
+    points = np.asarray(points, np.float64)
+    g = points.copy()
+    for _ in range(iterations):
+        g = points - deformation.evaluate(g).T
+    return (np.c_[scale * g, np.ones(len(g))] @ np.asarray(pose).T)[:, :3]
+
+
+def true_bold_in_mni(root, subject: str, target, mask=None, task: str = "rest") -> np.ndarray:
+    """Resample a simulated BOLD run onto an MNI grid with the simulator's TRUE geometry.
+
+    For diagnostics and test fixtures only (it reads the ground truth): each
+    volume is sampled (trilinear) through the true head pose, head size,
+    individual deformation and per-volume motion written under
+    ``sourcedata/brainage-truth/``, so the result is what a perfect motion
+    correction and registration would give.
+
+    Parameters
+    ----------
+    root : path-like
+        Simulated dataset root.
+    subject : str
+        Label with or without ``sub-``.
+    target : nibabel.Nifti1Image
+        MNI grid (3D).
+    mask : numpy.ndarray of bool, optional
+        Voxels of the grid to fill (others are 0); default all.
+    task : str
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (*grid, T)
+    """
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+    import pandas as pd
+    from scipy import ndimage
+
+    from .anatomy import Deformation
+
+    root = Path(root)
+    sub = "sub-" + str(subject).removeprefix("sub-")
+    truth = root / "sourcedata" / "brainage-truth" / sub
+    geometry = json.loads((truth / "func" / f"{sub}_task-{task}_from-bold_to-MNI152NLin2009aSym"
+                                             "_mode-image_xfm.json").read_text())
+    anat_xfm = json.loads(next((truth / "anat").glob("*_mode-image_xfm.json")).read_text())
+    control = nib.load(truth / "anat" / anat_xfm["DeformationFile"])
+    coef = np.asarray(control.dataobj, np.float64)[:, :, :, 0, :].transpose(3, 0, 1, 2)
+    deformation = Deformation(np.concatenate([coef, np.zeros_like(coef[:1])]), control.affine)
+    motion = pd.read_csv(truth / "func" / f"{sub}_task-{task}_desc-motion_timeseries.tsv",
+                         sep="\t")[list(MOTION_COLUMNS)].to_numpy()
+    img = nib.load(root / sub / "func" / f"{sub}_task-{task}_bold.nii.gz")
+    data = np.asarray(img.dataobj, np.float32)
+    grid = target.shape[:3]
+    keep = np.ones(grid, bool) if mask is None else np.asarray(mask, bool)
+    ijk = np.argwhere(keep)
+    mni = ijk @ target.affine[:3, :3].T + target.affine[:3, 3]
+    native = true_mni_to_native(mni, np.array(geometry["HeadPose"]), geometry["HeadScale"],
+                                deformation)
+    native = np.c_[native, np.ones(len(native))]
+    to_vox = np.linalg.inv(img.affine)
+    out = np.zeros((*grid, data.shape[-1]), np.float32)
+    for k in range(data.shape[-1]):
+        move = to_vox @ rigid_matrix(motion[k, 3:], motion[k, :3])
+        vox = (native @ move.T)[:, :3].T
+        out[keep, k] = ndimage.map_coordinates(data[..., k], vox, order=1, mode="nearest",
+                                               prefilter=False)
     return out
