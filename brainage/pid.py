@@ -320,7 +320,7 @@ def _whitened_cross(cov_zz: np.ndarray, c_zy: np.ndarray) -> np.ndarray:
     ``_SINGULAR_RTOL`` times the variable's own variance.
     """
     chol = _potrf(cov_zz)
-    cond_var = np.diag(chol) ** 2 / np.diag(cov_zz)
+    cond_var = chol.diagonal() ** 2 / cov_zz.diagonal()
     if cond_var.min() <= _SINGULAR_RTOL:
         raise ValueError(
             f"{_SINGULAR_MSG} (smallest relative conditional variance {cond_var.min():.3g} at "
@@ -407,6 +407,8 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -
     scale = float(np.abs(diag).max())
     if asym > 1e-8 * max(scale, 1e-300) + 1e-12 * max(1.0, scale):
         raise ValueError("cov: expected a symmetric matrix; pass the covariance of [y, z1, z2].")
+    if not diag.min() > 0:
+        _positive_variances(arr)  # raises, naming the zero-variance indices
     return 0.5 * (arr + arr.T) if symmetrize else arr
 
 
@@ -451,7 +453,6 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     (0.5, 0.292481)
     """
     arr = _check_cov(cov, d1, d2, symmetrize=False)  # the Cholesky reads one triangle
-    _positive_variances(arr)
     mis = _mis_from_cov(arr, int(d1), int(d2))
     bias = None
     if n is not None:
