@@ -353,6 +353,17 @@ def test_connectivity_keeps_missing_regions_as_nan(rng):
     assert z[0, 1] == pytest.approx(np.arctanh(mat.loc["a", "b"]))
 
 
+def test_pearson_connectivity_is_the_sample_correlation_without_shrinkage(rng):
+    """As many regions as volumes: Ledoit-Wolf would shrink r ~0.93 well below it."""
+    shared = rng.standard_normal((60, 1))
+    x = np.sqrt(0.9) * shared + np.sqrt(0.1) * rng.standard_normal((60, 50))
+    frame = pd.DataFrame(x, columns=[f"r{i}" for i in range(50)])
+    mat = connectivity(frame, "correlation").to_numpy()
+    np.testing.assert_allclose(mat, np.corrcoef(x.T), atol=1e-10)
+    partial = connectivity(frame, "partial correlation").to_numpy()
+    assert np.isfinite(partial).all()  # regularised: defined although n_regions ~ n_volumes
+
+
 # --------------------------------------------------------------------------- denoising
 def test_interpolate_censored_fills_gaps_linearly(rng):
     from brainage.func.denoise import interpolate_censored
