@@ -152,3 +152,17 @@ def test_plateau_schedule_lowers_the_network_rate_but_not_the_bottleneck_rate():
     assert lrs[-1] < cfg.lr  # validation loss on pure noise stops improving: rate halved
     # the θ_m of the noise bottleneck keep their own rate
     assert all(e["lambda_lr"] == cfg.lambda_lr for e in res.history)
+
+
+def test_window_pid_on_cpu_matches_the_torch_closed_form():
+    from brainage.models.pid_torch import gaussian_pid_torch
+    from brainage.training.trainer import _pid_atoms
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(600, generator=g, dtype=torch.float64)
+    zs = {"a": y[:, None] + torch.randn(600, 4, generator=g),
+          "b": 0.5 * y[:, None] + torch.randn(600, 3, generator=g)}
+    got = _pid_atoms(y, zs, [("a", "b")], bias_correction=True)["a|b"]
+    ref = gaussian_pid_torch(y[:, None], zs["a"].double(), zs["b"].double(), bias_correction=True)
+    assert got == pytest.approx({k: float(ref[k]) for k in got}, abs=1e-6)
+    assert got["R"] > 0.1  # a non-trivial case
