@@ -149,8 +149,96 @@ def _within_dmn(relmat, networks, fisher: bool = True):
     return float(np.nanmean(z[iu]))
 
 
+def _slope_ratio_ci(frame, column, n_boot: int = 4000, seed: int = 0):
+    """Slope of ``column`` on age over the truth's slope, with a bootstrap over participants.
+
+    Participants are resampled with replacement (the same draw for ours and the truth,
+    so the ratio is paired); draws with fewer than 3 distinct ages are skipped.
+    Returns the 2.5, 50 and 97.5 percentiles of the ratio.
+    """
+    rng = np.random.default_rng(seed)
+    age = frame["age"].to_numpy()
+    ours, truth = frame[column].to_numpy(), frame["dmn_truth"].to_numpy()
+    ratios = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(frame), len(frame))
+        if len(np.unique(age[i])) < 3:
+            continue
+        ratios.append(np.polyfit(age[i], ours[i], 1)[0] / np.polyfit(age[i], truth[i], 1)[0])
+    return [round(float(v), 3) for v in np.percentile(ratios, [2.5, 50, 97.5])]
+
+
+def _t1_to_mni_error(out, root, sub, template, brain):
+    """Distance (mm) between the structural stage's MNI -> T1w map and the true one.
+
+    Over the template brain voxels of ``template``'s grid; the truth is the
+    simulator's head pose, size and deformation (a diagnostic: it reads the truth).
+    """
+    import ants
+    import nibabel as nib
+
+    from brainage.anat.outputs import anat_outputs
+    from brainage.func.registration import to_ants
+    from brainage.simulate.anatomy import Deformation
+    from brainage.simulate.bold import true_mni_to_native
+
+    anat = anat_outputs(out, sub, resolution=2.0)
+    ijk = np.argwhere(brain)
+    mni = ijk @ template.affine[:3, :3].T + template.affine[:3, 3]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        field = ants.image_read(ants.apply_transforms(
+            fixed=to_ants(template), moving=to_ants(nib.load(anat.t1w)),
+            transformlist=[str(anat.xfm_t1w_to_mni)], compose=tmp + "/c_")).numpy()
+    disp = field[tuple(ijk.T)].astype(np.float64)
+    disp[:, :2] *= -1.0  # LPS -> RAS
+    truth = root / "sourcedata" / "brainage-truth" / sub / "anat"
+    xfm = json.loads(next(truth.glob("*_mode-image_xfm.json")).read_text())
+    control = nib.load(truth / xfm["DeformationFile"])
+    coef = np.asarray(control.dataobj, np.float64)[:, :, :, 0, :].transpose(3, 0, 1, 2)
+    deformation = Deformation(np.concatenate([coef, np.zeros_like(coef[:1])]), control.affine)
+    true_t1 = true_mni_to_native(mni, np.array(xfm["HeadPose"]), xfm["HeadScale"], deformation)
+    return np.linalg.norm(mni + disp - true_t1, axis=1)
+
+
+def _dmn_true_geometry(root, out, sub, names, networks, resolution):
+    """Within-DMN Fisher z from the simulator's TRUE motion and geometry (diagnostic only).
+
+    The raw run is resampled to MNI with the true transforms
+    (:func:`brainage.simulate.bold.true_bold_in_mni`), then parcels, confounds (the
+    stage's own table: its motion estimates, WM/CSF, scrubbing) and cleaning are the
+    stage's; only the spatial mapping differs from the pipeline's.
+    """
+    import nibabel as nib
+    import pandas as pd
+
+    from brainage.atlases import load_atlas
+    from brainage.func.denoise import clean_signals
+    from brainage.func.features import connectivity, parcel_signals
+    from brainage.func.registration import mni_grid
+    from brainage.simulate.bold import true_bold_in_mni
+
+    template, tmask = mni_grid(resolution)
+    brain = np.asarray(tmask.dataobj) > 0
+    data = true_bold_in_mni(root, sub, template, brain)
+    func = out / sub / "func"
+    conf = pd.read_csv(func / f"{sub}_task-rest_desc-confounds_timeseries.tsv", sep="\t",
+                       na_values="n/a")
+    qc = json.loads((func / f"{sub}_task-rest_desc-qc_bold.json").read_text())
+    kept = np.flatnonzero(conf["motion_outlier"].to_numpy() == 0)
+    raw = parcel_signals(nib.Nifti1Image(data, template.affine), load_atlas("HarvardOxford"),
+                         nib.Nifti1Image(brain.astype(np.uint8), template.affine))[names]
+    ok = ~raw.isna().any(axis=0).to_numpy()
+    cleaned = pd.DataFrame(np.nan, index=range(len(kept)), columns=names)
+    cleaned.loc[:, ok] = clean_signals(raw.loc[:, ok].to_numpy(),
+                                       conf[qc["confound_regressors"]].fillna(0).to_numpy(),
+                                       kept, tr=2.0, high_pass=0.008, low_pass=0.09)
+    return _within_dmn(connectivity(cleaned, "correlation").to_numpy(), networks)
+
+
 def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes: int = 100,
-                     bold_mm: float = 4.0):
+                     bold_mm: float = 4.0, config: str = "demo", true_geometry: bool = False):
     """Age slope of within-DMN connectivity in controls: ours against the simulator's truth."""
     import pandas as pd
 
@@ -165,7 +253,7 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
     if not root.exists():
         simulate_cohort(root, n_subjects=n_subjects, preset="test", seed=5, n_volumes=n_volumes,
                         bold_voxel_size=bold_mm, patient_fraction=0.0, n_jobs=nprocs)
-    cfg = config_to_dict(load_config("demo"))
+    cfg = config_to_dict(load_config(config))
     cfg["run"].update(nprocs=nprocs)
     cfg["func"].update(output_resolution=min(4.0, bold_mm))
     t0 = time.perf_counter()
@@ -190,7 +278,18 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
         networks = network_of(labels.reset_index())
         iu = np.triu_indices(len(true), 1)
         qc = json.loads((ours.parent / f"{sub}_task-rest_desc-qc_bold.json").read_text())
-        rows.append({"participant_id": sub, "age": row["age"],
+        from brainage.func.registration import mni_grid
+
+        template, tmask = mni_grid(4.0)
+        err = _t1_to_mni_error(out_dir / "cohort_out", root, sub, template,
+                               np.asarray(tmask.dataobj) > 0)
+        extra = {"t1_to_mni_error_mm_median": float(np.median(err)),
+                 "t1_to_mni_error_mm_p90": float(np.percentile(err, 90))}
+        if true_geometry:
+            extra["dmn_true_geometry"] = _dmn_true_geometry(
+                root, out_dir / "cohort_out", sub, list(true.index), networks,
+                min(4.0, bold_mm))
+        rows.append({"participant_id": sub, "age": row["age"], **extra,
                      "dmn_ours": _within_dmn(est.to_numpy(), networks),
                      "dmn_truth": _within_dmn(true.to_numpy(), networks),
                      "dmn_r_ours": _within_dmn(est.to_numpy(), networks, fisher=False),
@@ -205,6 +304,15 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
     r_ours = float(np.polyfit(frame["age"], frame["dmn_r_ours"], 1)[0])
     r_truth = float(np.polyfit(frame["age"], frame["dmn_r_truth"], 1)[0])
     ratio = slope_ours / slope_truth
+    more = {}
+    if true_geometry:
+        slope_geo = float(np.polyfit(frame["age"], frame["dmn_true_geometry"], 1)[0])
+        more = {"true_geometry_dmn_fisher_z_per_decade": round(10 * slope_geo, 4),
+                "true_geometry_ratio": round(slope_geo / slope_truth, 3),
+                "true_geometry_ratio_bootstrap_95": _slope_ratio_ci(frame, "dmn_true_geometry"),
+                "true_geometry_note": "diagnostic only: the same stage outputs (confounds, "
+                "scrubbing, parcels, cleaning) on BOLD resampled with the simulator's true "
+                "motion and geometry instead of the pipeline's registration"}
     return {
         "n_controls": len(frame), "wall_seconds_anat_func": round(wall, 1),
         "failed": [r.subject for r in summary.failed],
@@ -212,6 +320,13 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
         "dmn_fisher_z_per_decade_ours": round(10 * slope_ours, 4),
         "dmn_fisher_z_per_decade_truth": round(10 * slope_truth, 4),
         "ratio_ours_over_truth": round(ratio, 3),
+        "ratio_bootstrap_95": _slope_ratio_ci(frame, "dmn_ours"),
+        "ratio_bootstrap_note": "2.5/50/97.5 percentiles of the slope ratio, participants "
+                                "resampled with replacement (4000 draws, paired)",
+        "mean_dmn_fisher_z_ours": round(float(frame["dmn_ours"].mean()), 4),
+        "mean_dmn_fisher_z_truth": round(float(frame["dmn_truth"].mean()), 4),
+        "t1_to_mni_error_mm_median": round(float(frame["t1_to_mni_error_mm_median"].median()), 2),
+        **more,
         "same_sign": bool(np.sign(slope_ours) == np.sign(slope_truth)),
         "within_30_percent": bool(0.7 <= ratio <= 1.3),
         "dmn_pearson_r_per_decade_ours": round(10 * r_ours, 4),
@@ -221,10 +336,12 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
         "participants": frame.round(4).to_dict(orient="records"),
         "load_average_end": os.getloadavg(),
         "bold_mm": bold_mm, "n_volumes": n_volumes,
+        "config": config,
         "note": "within-DMN mean Fisher z (and Pearson r) regressed on age in controls; truth "
                 "from the simulator's true parcel signals (test preset, T1 4 mm, BOLD bold_mm, "
-                "n_volumes volumes); tissue_regressors: the WM/CSF means each participant's denoising "
-                "used (a tissue whose eroded mask is empty at 4 mm is left out)",
+                "n_volumes volumes); tissue_regressors: the WM/CSF means each participant's "
+                "denoising used; t1_to_mni_error: distance between the structural stage's "
+                "MNI -> T1w map and the true one over the template brain (4 mm grid)",
     }
 
 
@@ -239,6 +356,11 @@ def main(argv=None):
     parser.add_argument("--only-age", action="store_true")
     parser.add_argument("--age-volumes", type=int, default=100)
     parser.add_argument("--age-bold-mm", type=float, default=4.0)
+    parser.add_argument("--age-config", default="demo",
+                        help="pipeline configuration of the age cohort (demo or default)")
+    parser.add_argument("--age-true-geometry", action="store_true",
+                        help="also measure the age effect with the simulator's true motion and "
+                             "geometry in place of the pipeline's registration (diagnostic)")
     parser.add_argument("--age-key", default="age_effect",
                         help="results key of the age measurement (to keep several)")
     parser.add_argument("--keep-motion", action="store_true",
@@ -247,7 +369,8 @@ def main(argv=None):
     dest = Path(__file__).parent / "results" / "func.json"
     if args.only_age:
         age = bench_age_effect(args.age_cohort, args.out, n_volumes=args.age_volumes,
-                               bold_mm=args.age_bold_mm)
+                               bold_mm=args.age_bold_mm, config=args.age_config,
+                               true_geometry=args.age_true_geometry)
         result = json.loads(dest.read_text()) if dest.is_file() else {"machine": _machine()}
         result[args.age_key] = age
         print(result[args.age_key], flush=True)
