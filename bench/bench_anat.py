@@ -109,7 +109,8 @@ def _gm_r(a: Path, b: Path, mask) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def slope_table(age, ours: dict, truth: dict, tiv_ours, tiv_truth) -> dict:
+def slope_table(age, ours: dict, truth: dict, tiv_ours, tiv_truth, *, n_boot: int = 2000,
+                seed: int = 0) -> dict:
     """Slopes (mL/year) of each measure against age: ours vs truth, raw and TIV-adjusted.
 
     Parameters
@@ -120,30 +121,61 @@ def slope_table(age, ours: dict, truth: dict, tiv_ours, tiv_truth) -> dict:
         Measure name → values per participant (same order as ``age``).
     tiv_ours, tiv_truth : array-like
         TIV per participant, the covariate of the adjusted slopes.
+    n_boot : int
+        Bootstrap resamples of participants for the interval of the ratio.
+    seed : int
+        Bootstrap seed.
 
     Returns
     -------
     dict
-        Per measure: ``slope_ours``, ``slope_truth``, ``ratio``, ``same_sign`` and the same
-        for the TIV-adjusted fit (``adjusted_*``).
+        Per measure: ``slope_ours``, ``slope_truth`` with their OLS standard errors
+        (``se_*``), ``ratio``, ``same_sign``, the 95 % bootstrap interval of the ratio
+        (``ratio_ci95``; participants resampled with replacement) and the same for the
+        TIV-adjusted fit (``adjusted_*``).
     """
     import numpy as np
 
     age = np.asarray(age, float)
+    tiv_o, tiv_t = np.asarray(tiv_ours, float), np.asarray(tiv_truth, float)
 
-    def fit(y, tiv=None):
-        cols = [np.ones_like(age), age] + ([np.asarray(tiv, float)] if tiv is not None else [])
-        return float(np.linalg.lstsq(np.column_stack(cols), np.asarray(y, float), rcond=None)[0][1])
+    def fit(y, tiv=None, idx=None):
+        idx = np.arange(age.size) if idx is None else idx
+        cols = [np.ones(idx.size), age[idx]] + ([tiv[idx]] if tiv is not None else [])
+        x = np.column_stack(cols)
+        y = np.asarray(y, float)[idx]
+        beta = np.linalg.lstsq(x, y, rcond=None)[0]
+        dof = max(idx.size - x.shape[1], 1)
+        resid = y - x @ beta
+        cov = (resid @ resid / dof) * np.linalg.pinv(x.T @ x)
+        return float(beta[1]), float(np.sqrt(cov[1, 1]))
+
+    rng = np.random.default_rng(seed)
+    boots = [rng.integers(0, age.size, age.size) for _ in range(n_boot)]
+    boots = [b for b in boots if np.ptp(age[b]) > 1.0 and np.unique(b).size > 3]
+
+    def ci(y_o, y_t, adjust):
+        ratios = []
+        for b in boots:
+            o = fit(y_o, tiv_o if adjust else None, b)[0]
+            t = fit(y_t, tiv_t if adjust else None, b)[0]
+            if t != 0:
+                ratios.append(o / t)
+        return [round(float(v), 3) for v in np.percentile(ratios, [2.5, 97.5])]
 
     out = {}
     for name in ours:
-        raw_o, raw_t = fit(ours[name]), fit(truth[name])
-        adj_o, adj_t = fit(ours[name], tiv_ours), fit(truth[name], tiv_truth)
+        (raw_o, se_o), (raw_t, se_t) = fit(ours[name]), fit(truth[name])
+        (adj_o, ase_o), (adj_t, ase_t) = fit(ours[name], tiv_o), fit(truth[name], tiv_t)
         out[name] = {
-            "slope_ours": round(raw_o, 4), "slope_truth": round(raw_t, 4),
-            "ratio": round(raw_o / raw_t, 3), "same_sign": bool(np.sign(raw_o) == np.sign(raw_t)),
-            "adjusted_slope_ours": round(adj_o, 4), "adjusted_slope_truth": round(adj_t, 4),
+            "slope_ours": round(raw_o, 4), "se_ours": round(se_o, 4),
+            "slope_truth": round(raw_t, 4), "se_truth": round(se_t, 4),
+            "ratio": round(raw_o / raw_t, 3), "ratio_ci95": ci(ours[name], truth[name], False),
+            "same_sign": bool(np.sign(raw_o) == np.sign(raw_t)),
+            "adjusted_slope_ours": round(adj_o, 4), "adjusted_se_ours": round(ase_o, 4),
+            "adjusted_slope_truth": round(adj_t, 4), "adjusted_se_truth": round(ase_t, 4),
             "adjusted_ratio": round(adj_o / adj_t, 3),
+            "adjusted_ratio_ci95": ci(ours[name], truth[name], True),
             "adjusted_same_sign": bool(np.sign(adj_o) == np.sign(adj_t)),
         }
     return out
@@ -187,7 +219,8 @@ def _age_trend(work: Path, n: int) -> dict:
         "csf_r_ours_truth": round(float(np.corrcoef(ours["csf_ml"], true["csf_ml"])[0, 1]), 4),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "note": "slopes by least squares against chronological age; 'adjusted' adds TIV as a "
-                "covariate (ours: our TIV, truth: the true TIV)",
+                "covariate (ours: our TIV, truth: the true TIV); se_*: OLS standard errors; "
+                "ratio_ci95: bootstrap over participants (2000 resamples)",
     }
 
 
