@@ -72,6 +72,11 @@ class RegistrationConfig(_Section):
         default=[8, 4, 2, 1],
         description="Shrink factor per rigid/affine level; the finest level gets no iterations.",
     )
+    moving_resolution: float | None = Field(
+        default=None, gt=0, le=4,
+        description="Register a copy of the T1w resampled to this grid (mm) when the T1w is finer "
+        "(the transforms are in physical space and apply to the full-resolution T1w); none: as is.",
+    )
     min_similarity: float = Field(
         default=0.5,
         ge=-1,
@@ -110,6 +115,12 @@ class AnatConfig(_Section):
         default="partial_volume",
         description="Tissue maps: Atropos posteriors, or partial-volume fractions unmixed from "
         "the intensities of the two most probable classes.",
+    )
+    segmentation_resolution: float | None = Field(
+        default=None, gt=0, le=4,
+        description="Run Atropos on a copy of the T1w resampled to this grid (mm) when the T1w is "
+        "finer; its posteriors are interpolated back and the partial-volume fractions are computed "
+        "at full resolution. None: Atropos at full resolution.",
     )
     gm_prior_min: float = Field(
         default=0.2, ge=0, lt=1,

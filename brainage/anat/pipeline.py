@@ -65,14 +65,26 @@ def _segment(t1, tmpl, reg, config):
     """
     import ants
 
-    def back(img):
-        return ants.apply_transforms(t1, pp.to_ants(img), reg.inverse, interpolator="linear")
+    grid = pp.resampled(t1, config.segmentation_resolution)
 
-    mask = ants.threshold_image(back(tmpl["mask"]), 0.5, 2.0)
+    def back(img):
+        return ants.apply_transforms(grid, pp.to_ants(img), reg.inverse, interpolator="linear")
+
+    def full(img):  # from the segmentation grid to the T1w grid
+        if grid is t1:
+            return img
+        return ants.resample_image_to_target(img, t1, interp_type="linear")
+
+    mask_prob = back(tmpl["mask"])
     priors = [back(tmpl[k]) for k in ("csf", "gm", "wm")]
-    seg = pp.segment(t1, mask, priors, iterations=config.atropos_iterations,
+    seg = pp.segment(grid, ants.threshold_image(mask_prob, 0.5, 2.0), priors,
+                     iterations=config.atropos_iterations,
                      prior_weight=config.atropos_prior_weight, mrf=config.atropos_mrf)
+    mask = ants.threshold_image(full(mask_prob), 0.5, 2.0)
     brain = mask.numpy() > 0
+    if grid is not t1:
+        seg = {k: t1.new_image_like(full(v).numpy() * brain) for k, v in seg.items()}
+        priors = [full(p) for p in priors]
     intensity = t1.numpy()
     info = {}
     shell = None
@@ -142,7 +154,8 @@ def process_t1w(t1w_img, config, work_dir, *, step=_null_step, tissue=None) -> A
         fixed_mask = ants.iMath(pp.to_ants(tmpl_reg["mask"]), "MD", 3)
         with step("registration"):
             reg = pp.register(
-                t1, fixed, steps=reg_cfg.steps, syn_iterations=reg_cfg.syn_iterations,
+                pp.resampled(t1, reg_cfg.moving_resolution), fixed, steps=reg_cfg.steps,
+                syn_iterations=reg_cfg.syn_iterations,
                 linear_iterations=reg_cfg.linear_iterations,
                 linear_shrink_factors=reg_cfg.linear_shrink_factors,
                 work_dir=work / "xfm", fixed_mask=fixed_mask,
