@@ -266,6 +266,7 @@ def main() -> None:
             simulate_cohort(root, n_subjects=1, preset="default", seed=3)
         t1w = root / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
         figures["default"] = _run(t1w, "default", {}, work / "run_default")
+        figures["default"]["loadavg"] = [round(x, 2) for x in os.getloadavg()]
         if args.skip_reference and args.reference_gm:
             figures["gm_r_default_vs_kept_reference"] = {
                 "r": round(_gm_r(work / "run_default/gm_mni.nii.gz", Path(args.reference_gm), mask), 4),
