@@ -298,3 +298,22 @@ def test_gm_and_ventricle_trends_with_age_have_the_simulated_sign(tmp_path):
     # TIV and CSF (with the CSF around the brain) track the truth
     assert np.allclose(ours["tiv_ml"], truth["tiv_ml"], rtol=0.10)
     assert np.corrcoef(ours["csf_ml"], truth["csf_ml"])[0, 1] > 0.5
+
+
+def test_resampled_copy_only_for_finer_images_and_head_mask_on_shrunk_grid():
+    import ants
+
+    from brainage.anat.preprocess import head_mask, resampled
+
+    img, brain, r = _sphere_head(spacing=1.0)
+    fine = ants.from_numpy(img, spacing=(1.0, 1.0, 1.0))
+    coarse = resampled(fine, 2.0)
+    assert coarse.spacing == pytest.approx((2.0, 2.0, 2.0))
+    assert coarse.shape == tuple(int(np.ceil(s / 2)) for s in fine.shape)
+    assert resampled(coarse, 2.0) is coarse  # already at 2 mm: used as it is
+    assert resampled(fine, None) is fine
+    mask = head_mask(fine, 4).numpy() > 0
+    assert mask.shape == fine.shape
+    # the whole brain ball is inside the head mask, the empty corners are not
+    assert mask[brain].mean() > 0.99
+    assert not mask[r > 75].any()
