@@ -238,7 +238,8 @@ def _dmn_true_geometry(root, out, sub, names, networks, resolution):
 
 
 def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes: int = 100,
-                     bold_mm: float = 4.0, config: str = "demo", true_geometry: bool = False):
+                     bold_mm: float = 4.0, config: str = "demo", true_geometry: bool = False,
+                     t1_mm: float = 4.0):
     """Age slope of within-DMN connectivity in controls: ours against the simulator's truth."""
     import pandas as pd
 
@@ -252,7 +253,8 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
     root = out_dir / "cohort"
     if not root.exists():
         simulate_cohort(root, n_subjects=n_subjects, preset="test", seed=5, n_volumes=n_volumes,
-                        bold_voxel_size=bold_mm, patient_fraction=0.0, n_jobs=nprocs)
+                        bold_voxel_size=bold_mm, t1_voxel_size=t1_mm, patient_fraction=0.0,
+                        n_jobs=nprocs)
     cfg = config_to_dict(load_config(config))
     cfg["run"].update(nprocs=nprocs)
     cfg["func"].update(output_resolution=min(4.0, bold_mm))
@@ -335,10 +337,10 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
         "relmat_r_median": round(float(frame["relmat_r"].median()), 3),
         "participants": frame.round(4).to_dict(orient="records"),
         "load_average_end": os.getloadavg(),
-        "bold_mm": bold_mm, "n_volumes": n_volumes,
+        "bold_mm": bold_mm, "n_volumes": n_volumes, "t1_mm": t1_mm,
         "config": config,
         "note": "within-DMN mean Fisher z (and Pearson r) regressed on age in controls; truth "
-                "from the simulator's true parcel signals (test preset, T1 4 mm, BOLD bold_mm, "
+                "from the simulator's true parcel signals (test preset, T1 t1_mm, BOLD bold_mm, "
                 "n_volumes volumes); tissue_regressors: the WM/CSF means each participant's "
                 "denoising used; t1_to_mni_error: distance between the structural stage's "
                 "MNI -> T1w map and the true one over the template brain (4 mm grid)",
@@ -361,6 +363,8 @@ def main(argv=None):
     parser.add_argument("--age-true-geometry", action="store_true",
                         help="also measure the age effect with the simulator's true motion and "
                              "geometry in place of the pipeline's registration (diagnostic)")
+    parser.add_argument("--age-t1-mm", type=float, default=4.0,
+                        help="T1w voxel size of the simulated age cohort (the test preset's 4 mm)")
     parser.add_argument("--age-key", default="age_effect",
                         help="results key of the age measurement (to keep several)")
     parser.add_argument("--keep-motion", action="store_true",
@@ -370,7 +374,7 @@ def main(argv=None):
     if args.only_age:
         age = bench_age_effect(args.age_cohort, args.out, n_volumes=args.age_volumes,
                                bold_mm=args.age_bold_mm, config=args.age_config,
-                               true_geometry=args.age_true_geometry)
+                               true_geometry=args.age_true_geometry, t1_mm=args.age_t1_mm)
         result = json.loads(dest.read_text()) if dest.is_file() else {"machine": _machine()}
         result[args.age_key] = age
         print(result[args.age_key], flush=True)
