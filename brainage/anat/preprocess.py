@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..antsutils import ants_random_seed
 from ..exceptions import ProcessingError
 
 __all__ = [
@@ -278,38 +279,15 @@ def register(
     ProcessingError
         If no step is given or ANTs fails.
     """
-    import ants
-
     steps = list(steps)
     if not steps:
         raise ProcessingError("anat.registration.steps is empty; give at least ['rigid']")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    initial = None
-    linear_file = None
-    result = None
     common = {"verbose": False}
-    for step in steps:
-        prefix = str(work / f"{step}_")
-        if step in ("rigid", "affine"):
-            kind = "Rigid" if step == "rigid" else "Affine"
-            result = ants.registration(
-                fixed, moving, type_of_transform=kind, initial_transform=initial,
-                outprefix=prefix, mask=fixed_mask,
-                **_linear_params(linear_iterations, linear_shrink_factors), **common,
-            )
-            linear_file = result["fwdtransforms"][0]
-            initial = linear_file
-        elif step == "syn":
-            iters = tuple(int(i) for i in syn_iterations)
-            result = ants.registration(
-                fixed, moving, type_of_transform="SyNOnly", initial_transform=initial,
-                outprefix=prefix, mask=fixed_mask, reg_iterations=iters,
-                syn_metric="mattes", syn_sampling=32, grad_step=0.2, flow_sigma=3,
-                total_sigma=0, **common,
-            )
-        else:  # pragma: no cover - the config only allows the three names
-            raise ProcessingError(f"unknown registration step {step!r}")
+    with ants_random_seed(seed):
+        result, initial = _run_steps(steps, fixed, moving, work, fixed_mask, syn_iterations,
+                                     linear_iterations, linear_shrink_factors, common)
     forward = list(result["fwdtransforms"])
     inverse = list(result["invtransforms"])
     if steps[-1] == "syn" and initial is None:
@@ -321,6 +299,36 @@ def register(
     _write_composite(forward, fixed, fwd_h5)
     _write_composite(inverse, moving, inv_h5)
     return Registration(forward, inverse, fwd_h5, inv_h5)
+
+
+def _run_steps(steps, fixed, moving, work, fixed_mask, syn_iterations, linear_iterations,
+               linear_shrink_factors, common):
+    """Run the registration steps in order; return the last result and the linear transform."""
+    import ants
+
+    initial = None
+    result = None
+    for step in steps:
+        prefix = str(work / f"{step}_")
+        if step in ("rigid", "affine"):
+            kind = "Rigid" if step == "rigid" else "Affine"
+            result = ants.registration(
+                fixed, moving, type_of_transform=kind, initial_transform=initial,
+                outprefix=prefix, mask=fixed_mask,
+                **_linear_params(linear_iterations, linear_shrink_factors), **common,
+            )
+            initial = result["fwdtransforms"][0]
+        elif step == "syn":
+            iters = tuple(int(i) for i in syn_iterations)
+            result = ants.registration(
+                fixed, moving, type_of_transform="SyNOnly", initial_transform=initial,
+                outprefix=prefix, mask=fixed_mask, reg_iterations=iters,
+                syn_metric="mattes", syn_sampling=32, grad_step=0.2, flow_sigma=3,
+                total_sigma=0, **common,
+            )
+        else:  # pragma: no cover - the config only allows the three names
+            raise ProcessingError(f"unknown registration step {step!r}")
+    return result, initial
 
 
 def _write_composite(transforms, reference, path: str) -> None:

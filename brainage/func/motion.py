@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..antsutils import ants_random_seed
+
 __all__ = [
     "MOTION_COLUMNS",
     "MotionResult",
@@ -212,9 +214,7 @@ def _register_chain(job: dict) -> list:
     work = Path(job["work_dir"])
     out = []
     previous = None
-    seed = ants.config._random_seed
-    ants.config._random_seed = job["seed"]  # ANTs samples the metric at random positions
-    try:
+    with ants_random_seed(job["seed"]):  # ANTs samples the metric at random positions
         for k, volume in zip(job["indices"], job["volumes"]):
             moving = ants.from_numpy(volume, **geo)
             extra = {"initial_transform": [previous]} if (job["init_previous"] and previous) \
@@ -232,8 +232,6 @@ def _register_chain(job: dict) -> list:
                     os.remove(extra_file)
             out.append((k, path, ants_to_ras(ants.read_transform(path))))
             previous = path
-    finally:
-        ants.config._random_seed = seed
     return out
 
 
