@@ -284,10 +284,9 @@ def register(
         raise ProcessingError("anat.registration.steps is empty; give at least ['rigid']")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    common = {"verbose": False}
     with ants_random_seed(seed):
         result, initial = _run_steps(steps, fixed, moving, work, fixed_mask, syn_iterations,
-                                     linear_iterations, linear_shrink_factors, common)
+                                     linear_iterations, linear_shrink_factors)
     forward = list(result["fwdtransforms"])
     inverse = list(result["invtransforms"])
     if steps[-1] == "syn" and initial is None:
@@ -302,12 +301,13 @@ def register(
 
 
 def _run_steps(steps, fixed, moving, work, fixed_mask, syn_iterations, linear_iterations,
-               linear_shrink_factors, common):
+               linear_shrink_factors):
     """Run the registration steps in order; return the last result and the linear transform."""
     import ants
 
     initial = None
     result = None
+    common = {"verbose": False}
     for step in steps:
         prefix = str(work / f"{step}_")
         if step in ("rigid", "affine"):

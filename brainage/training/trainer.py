@@ -105,17 +105,18 @@ def _pid_atoms(y, zs: dict, pairs, *, bias_correction: bool) -> dict | None:
     out = {}
     yy = y.reshape(-1, 1).double()
     on_cpu = yy.device.type == "cpu"
+    # each modality converted once (a modality is in several pairs with three or more)
+    used = {m for pair in pairs for m in pair}
+    z64 = {m: (zs[m].double().numpy() if on_cpu else zs[m].double()) for m in used}
+    y64 = yy.numpy() if on_cpu else yy
     for p, q in pairs:
-        if yy.shape[0] <= 1 + zs[p].shape[1] + zs[q].shape[1]:
+        if yy.shape[0] <= 1 + z64[p].shape[1] + z64[q].shape[1]:
             return None
         try:
             if on_cpu:  # the numpy closed form: same numbers, about 3x faster on CPU
-                res = gaussian_pid(yy.numpy(), zs[p].double().numpy(), zs[q].double().numpy(),
-                                   bias_correction=bias_correction).as_dict()
+                res = gaussian_pid(y64, z64[p], z64[q], bias_correction=bias_correction).as_dict()
             else:
-                res = gaussian_pid_torch(
-                    yy, zs[p].double(), zs[q].double(), bias_correction=bias_correction
-                )
+                res = gaussian_pid_torch(y64, z64[p], z64[q], bias_correction=bias_correction)
         except ValueError as err:  # e.g. a latent unit with zero variance in this sample
             logger.debug("PID skipped: %s", err)
             return None
