@@ -179,7 +179,7 @@ def _t1_to_mni_error(out, root, sub, template, brain):
 
     from brainage.anat.outputs import anat_outputs
     from brainage.func.registration import to_ants
-    from brainage.simulate.anatomy import Deformation
+    from brainage.simulate.anatomy import read_true_geometry
     from brainage.simulate.bold import true_mni_to_native
 
     anat = anat_outputs(out, sub, resolution=2.0)
@@ -193,12 +193,8 @@ def _t1_to_mni_error(out, root, sub, template, brain):
             transformlist=[str(anat.xfm_t1w_to_mni)], compose=tmp + "/c_")).numpy()
     disp = field[tuple(ijk.T)].astype(np.float64)
     disp[:, :2] *= -1.0  # LPS -> RAS
-    truth = root / "sourcedata" / "brainage-truth" / sub / "anat"
-    xfm = json.loads(next(truth.glob("*_mode-image_xfm.json")).read_text())
-    control = nib.load(truth / xfm["DeformationFile"])
-    coef = np.asarray(control.dataobj, np.float64)[:, :, :, 0, :].transpose(3, 0, 1, 2)
-    deformation = Deformation(np.concatenate([coef, np.zeros_like(coef[:1])]), control.affine)
-    true_t1 = true_mni_to_native(mni, np.array(xfm["HeadPose"]), xfm["HeadScale"], deformation)
+    pose, scale, deformation = read_true_geometry(root, sub)
+    true_t1 = true_mni_to_native(mni, pose, scale, deformation)
     return np.linalg.norm(mni + disp - true_t1, axis=1)
 
 

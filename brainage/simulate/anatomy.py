@@ -523,6 +523,36 @@ def native_to_mni(points: np.ndarray, pose: np.ndarray, scale: float, deformatio
     return g + deformation.evaluate(g).T
 
 
+def read_true_geometry(root, subject: str) -> tuple[np.ndarray, float, Deformation]:
+    """Read a simulated participant's true T1w → MNI geometry from its ground truth.
+
+    Parameters
+    ----------
+    root : path-like
+        Simulated dataset root (the truth lies under ``sourcedata/brainage-truth/``).
+    subject : str
+        Label with or without ``sub-``.
+
+    Returns
+    -------
+    tuple
+        Head pose ``P`` (4 × 4), head size factor ``s`` and the individual
+        :class:`Deformation` (as :func:`native_to_mni` takes them).
+    """
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+
+    sub = "sub-" + str(subject).removeprefix("sub-")
+    truth = Path(root) / "sourcedata" / "brainage-truth" / sub / "anat"
+    xfm = json.loads(next(truth.glob("*_mode-image_xfm.json")).read_text())
+    control = nib.load(truth / xfm["DeformationFile"])
+    coef = np.asarray(control.dataobj, np.float64)[:, :, :, 0, :].transpose(3, 0, 1, 2)
+    deformation = Deformation(np.concatenate([coef, np.zeros_like(coef[:1])]), control.affine)
+    return np.asarray(xfm["HeadPose"], np.float64), float(xfm["HeadScale"]), deformation
+
+
 def voxel_points(shape, affine, z_slice=slice(None)) -> np.ndarray:
     """World coordinates (N, 3) of the voxels of a grid (optionally a z slab)."""
     ii, jj, kk = np.meshgrid(

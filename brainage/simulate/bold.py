@@ -297,17 +297,14 @@ def true_bold_in_mni(root, subject: str, target, mask=None, task: str = "rest") 
     import pandas as pd
     from scipy import ndimage
 
-    from .anatomy import Deformation
+    from .anatomy import read_true_geometry
 
     root = Path(root)
     sub = "sub-" + str(subject).removeprefix("sub-")
     truth = root / "sourcedata" / "brainage-truth" / sub
     geometry = json.loads((truth / "func" / f"{sub}_task-{task}_from-bold_to-MNI152NLin2009aSym"
                                              "_mode-image_xfm.json").read_text())
-    anat_xfm = json.loads(next((truth / "anat").glob("*_mode-image_xfm.json")).read_text())
-    control = nib.load(truth / "anat" / anat_xfm["DeformationFile"])
-    coef = np.asarray(control.dataobj, np.float64)[:, :, :, 0, :].transpose(3, 0, 1, 2)
-    deformation = Deformation(np.concatenate([coef, np.zeros_like(coef[:1])]), control.affine)
+    _, _, deformation = read_true_geometry(root, sub)
     motion = pd.read_csv(truth / "func" / f"{sub}_task-{task}_desc-motion_timeseries.tsv",
                          sep="\t")[list(MOTION_COLUMNS)].to_numpy()
     img = nib.load(root / sub / "func" / f"{sub}_task-{task}_bold.nii.gz")
