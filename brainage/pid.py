@@ -305,56 +305,69 @@ def _cholesky_checked(corr: np.ndarray) -> np.ndarray:
     return chol
 
 
-def _potrf(a: np.ndarray) -> np.ndarray:
-    # LAPACK's Cholesky without scipy's wrapper overhead; only the lower triangle is used.
-    chol, info = linalg.lapack.dpotrf(a, lower=1, clean=0)
-    if info != 0:
-        raise ValueError(_SINGULAR_MSG)
-    return chol
+_DPOTRF = linalg.lapack.dpotrf
+_DSYRK = linalg.blas.dsyrk
 
 
-def _whitened_cross(cov_zz: np.ndarray, c_zy: np.ndarray) -> np.ndarray:
-    """Return ``w = L^-1 c``, ``L`` the Cholesky factor of ``Cov(Z)`` (``w.w``: variance explained).
+def _mis_from_joint(m: np.ndarray, d1: int) -> tuple[float, float, float]:
+    """Return I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from ``M = Cov([Z1, Z2, y])``.
+
+    The target comes **last**, and only the lower triangle of ``M`` is read;
+    ``M`` (Fortran order) is overwritten. With ``L`` the Cholesky factor of
+    ``M`` and ``d = d1 + d2``:
+
+    * ``L[d, d]**2 = Var(y | Z1, Z2)``;
+    * the leading ``d1`` block of ``L`` is the factor of ``Cov(Z1)``, so
+      ``Var(y | Z1) = L[d, d]**2 + sum(L[d, d1:d]**2)``;
+    * the trailing block ``M[d1:, d1:] = Cov([Z2, y])`` gives ``Var(y | Z2)``
+      the same way (its own factor, the only other factorisation).
+
+    ``I(y; Z) = -1/2 log2(Var(y | Z) / Var(y))``: ratios of variances, so the
+    covariance needs no normalisation (``n - 1`` times it gives the same
+    numbers). One factorisation of size ``d + 1`` and one of ``d2 + 1``, no
+    triangular solves, no subtraction of nearly equal numbers.
 
     Refuses a (nearly) singular ``Cov(Z)``: a conditional variance below
     ``_SINGULAR_RTOL`` times the variable's own variance.
     """
-    chol = _potrf(cov_zz)
-    cond_var = chol.diagonal() ** 2 / cov_zz.diagonal()
-    if cond_var.min() <= _SINGULAR_RTOL:
-        raise ValueError(
-            f"{_SINGULAR_MSG} (smallest relative conditional variance {cond_var.min():.3g} at "
-            f"index {int(np.argmin(cond_var))} of [z1, z2])"
-        )
-    w, _info = linalg.lapack.dtrtrs(chol, c_zy, lower=1)  # chol is non-singular here
-    return w
-
-
-def _mis_from_cov(cov: np.ndarray, d1: int, d2: int) -> tuple[float, float, float]:
-    """Return I(y; Z1), I(y; Z2), I(y; Z1, Z2) in bits from the covariance of ``[y, Z1, Z2]``.
-
-    ``I(y; Z) = -1/2 log2(1 - c' S^-1 c / var(y))`` with ``S = Cov(Z)`` and
-    ``c = Cov(Z, y)``. With ``L`` the Cholesky factor of ``Cov([Z1, Z2])``
-    and ``w = L^-1 c``, ``w.w`` is the variance of y explained by both sources
-    and, because the leading block of ``L`` is the factor of ``Cov(Z1)``, the
-    first ``d1`` entries of ``w`` alone give the variance explained by ``Z1``.
-    ``Z2`` alone needs the factor of its own block. So one factorisation of
-    size ``d1 + d2`` and one of ``d2``, two triangular solves, no copies of
-    the matrix; the mutual informations are ratios of variances, so the
-    covariance needs no normalisation.
-    """
-    var_y = cov[0, 0]
-    c = cov[1:, 0]
-    w = _whitened_cross(cov[1:, 1:], c)
-    w2 = _whitened_cross(cov[1 + d1:, 1 + d1:], c[d1:])
-    resid = (
-        1.0 - float(np.dot(w[:d1], w[:d1])) / var_y,
-        1.0 - float(np.dot(w2, w2)) / var_y,
-        1.0 - float(np.dot(w, w)) / var_y,
-    )
-    if resid[2] <= _SINGULAR_RTOL:
+    d = m.shape[0] - 1
+    var_y = float(m[d, d])
+    var = m.diagonal().copy()  # overwritten by the in-place factorisation
+    chol2, info2 = _DPOTRF(m[d1:, d1:], lower=1, clean=0)  # copies the block
+    chol, info = _DPOTRF(m, lower=1, clean=0, overwrite_a=1)
+    if info == d + 1 and info2 in (0, d - d1 + 1):  # only the last pivot, y's, failed
         raise ValueError(f"{_SINGULAR_MSG} (y is a linear function of z1 and z2)")
+    if info != 0 or info2 != 0:
+        raise ValueError(f"{_SINGULAR_MSG} (no Cholesky factor: pivot {max(info, info2)})")
+    diag = chol.diagonal()
+    cond = diag[:d] ** 2 / var[:d]
+    if cond.min() <= _SINGULAR_RTOL:
+        raise ValueError(
+            f"{_SINGULAR_MSG} (smallest relative conditional variance {cond.min():.3g} at "
+            f"index {int(np.argmin(cond))} of [z1, z2])"
+        )
+    last = chol[d, d1:d]
+    resid12 = float(diag[d]) ** 2 / var_y
+    if resid12 <= _SINGULAR_RTOL:
+        raise ValueError(f"{_SINGULAR_MSG} (y is a linear function of z1 and z2)")
+    resid = (
+        resid12 + float(np.dot(last, last)) / var_y,
+        float(chol2[-1, -1]) ** 2 / var_y,
+        resid12,
+    )
     return tuple(-0.5 * math.log(r) / _LN2 for r in resid)  # type: ignore[return-value]
+
+
+def _joint_target_last(cov: np.ndarray) -> np.ndarray:
+    """Reorder a symmetric ``Cov([y, Z])`` into ``Cov([Z, y])``, in Fortran order."""
+    d = cov.shape[0] - 1
+    m = np.empty((d + 1, d + 1), order="F")
+    mt = m.T  # C-order view; the matrix is symmetric, so filling it row-wise is exact
+    mt[:d, :d] = cov[1:, 1:]
+    mt[:d, d] = cov[1:, 0]
+    mt[d, :d] = cov[0, 1:]
+    mt[d, d] = cov[0, 0]
+    return m
 
 
 def _atoms_mmi(i1: float, i2: float, i12: float) -> dict[str, float]:
@@ -398,17 +411,19 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -
             f"(dy={dy}, d1={d1}, d2={d2}), got shape {arr.shape}."
         )
     # One pass over the matrix: arr - arr.T is antisymmetric, so its maximum is its
-    # largest absolute entry, and it is NaN or inf when any off-diagonal entry is.
-    asym = float((arr - arr.T).max())
-    diag = arr.diagonal()
-    if not math.isfinite(asym) or not math.isfinite(float(diag.sum())):
+    # largest absolute entry, and it is NaN or inf when any entry is (inf - inf and
+    # NaN - NaN are NaN on the diagonal).
+    with np.errstate(invalid="ignore"):
+        asym = float((arr - arr.T).max())
+    if not math.isfinite(asym):
         raise ValueError("cov contains non-finite values (NaN or inf).")
-    # For a covariance every |entry| is at most the largest variance (Cauchy-Schwarz).
-    scale = float(np.abs(diag).max())
-    if asym > 1e-8 * max(scale, 1e-300) + 1e-12 * max(1.0, scale):
-        raise ValueError("cov: expected a symmetric matrix; pass the covariance of [y, z1, z2].")
+    diag = arr.diagonal()
     if not diag.min() > 0:
         _positive_variances(arr)  # raises, naming the zero-variance indices
+    # For a covariance every |entry| is at most the largest variance (Cauchy-Schwarz).
+    scale = float(diag.max())
+    if asym > 1e-8 * scale + 1e-12 * max(1.0, scale):
+        raise ValueError("cov: expected a symmetric matrix; pass the covariance of [y, z1, z2].")
     return 0.5 * (arr + arr.T) if symmetrize else arr
 
 
@@ -452,8 +467,8 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
     >>> round(res.R, 6), round(res.S, 6)
     (0.5, 0.292481)
     """
-    arr = _check_cov(cov, d1, d2, symmetrize=False)  # the Cholesky reads one triangle
-    mis = _mis_from_cov(arr, int(d1), int(d2))
+    arr = _check_cov(cov, d1, d2, symmetrize=False)  # checked symmetric: one triangle is read
+    mis = _mis_from_joint(_joint_target_last(arr), int(d1))
     bias = None
     if n is not None:
         if int(n) <= 1 + int(d1) + int(d2):
@@ -472,12 +487,22 @@ def gaussian_pid_from_cov(cov, d1: int, d2: int, *, n: int | None = None) -> PID
 
 def _pid_samples(y2, z1a, z2a, bias_correction: bool) -> dict[str, float]:
     n, d1, d2 = y2.shape[0], z1a.shape[1], z2a.shape[1]
-    data = np.empty((n, 1 + d1 + d2))
-    data[:, :1], data[:, 1:1 + d1], data[:, 1 + d1:] = y2, z1a, z2a
+    d = d1 + d2
+    # [Z1, Z2, y] in Fortran order: columns contiguous for the centring and for BLAS.
+    data = np.empty((n, d + 1), order="F")
+    data[:, :d1], data[:, d1:d], data[:, d:] = z1a, z2a, y2
     data -= data.mean(axis=0)
-    cov = data.T @ data  # n - 1 times the covariance: the factor cancels in every ratio
-    _positive_variances(cov, "the sample covariance")
-    mis = _mis_from_cov(cov, d1, d2)
+    # Lower triangle of n - 1 times Cov([Z1, Z2, y]) (the factor cancels in every ratio).
+    m = _DSYRK(1.0, data, trans=1, lower=1)
+    var = m.diagonal()
+    if not var.min() > 0:
+        order = np.r_[np.arange(1, d + 1), 0]  # index in [y, z1, z2] of each column
+        idx = sorted(int(order[i]) for i in np.flatnonzero(~(var > 0)))
+        raise ValueError(
+            f"singular covariance: the sample covariance has zero variance at index/indices {idx} "
+            "of [y, z1, z2]; remove constant columns."
+        )
+    mis = _mis_from_joint(m, d1)
     bias = _bias_terms(n, d1, d2) if bias_correction else None
     return _atoms_mmi(*_corrected_mis(mis, bias))
 

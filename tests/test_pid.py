@@ -220,7 +220,8 @@ def test_bootstrap_ci():
         pytest.param({"z1_rows": 49}, "expected 50 rows", id="row-mismatch"),
         pytest.param({"nan": True}, "non-finite", id="nan"),
         pytest.param({"dup": True}, "singular covariance", id="duplicate-column"),
-        pytest.param({"const": True}, "zero .*variance", id="constant-column"),
+        pytest.param({"const": True}, r"zero .*variance at index/indices \[2\]", id="constant-column"),
+        pytest.param({"y_linear": True}, "y is a linear function", id="y-exactly-predicted"),
         pytest.param({"y2d": True}, "scalar target", id="vector-y"),
         pytest.param({"z3d": True}, r"shape \(n,\) or \(n, d\)", id="3d-source"),
     ],
@@ -238,6 +239,8 @@ def test_gaussian_pid_errors(kwargs, match):
         z2[:, 1] = 2.0 * z1[:, 0]
     if kwargs.get("const"):
         z1[:, 1] = 4.0
+    if kwargs.get("y_linear"):
+        y = z1[:, 0] - 0.5 * z2[:, 1]
     if kwargs.get("y2d"):
         y = rng.standard_normal((n, 2))
     if kwargs.get("z3d"):
@@ -264,6 +267,17 @@ def test_from_cov_errors():
         gaussian_pid_from_cov(np.array([[1.0, 1, 1], [1, 1, 1], [1, 1, 1]]), 1, 1)
     with pytest.raises(ValueError, match="non-finite"):
         gaussian_pid_from_cov(np.full((3, 3), np.nan), 1, 1)
+    for bad in (np.nan, np.inf):  # only on the diagonal: the matrix is still symmetric
+        cov = np.eye(3)
+        cov[1, 1] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            gaussian_pid_from_cov(cov, 1, 1)
+    with pytest.raises(ValueError, match=r"zero \(or negative\) variance at index/indices \[2\]"):
+        gaussian_pid_from_cov(np.diag([1.0, 1.0, 0.0]), 1, 1)
+    # y = z1 + z2 exactly: the sources are fine, the target is predicted without error
+    exact = np.array([[2.0, 1, 1], [1, 1, 0], [1, 0, 1]])
+    with pytest.raises(ValueError, match="y is a linear function"):
+        gaussian_pid_from_cov(exact, 1, 1)
 
 
 def test_inverse_normal_transform_formula_and_ties():

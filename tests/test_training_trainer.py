@@ -166,3 +166,19 @@ def test_window_pid_on_cpu_matches_the_torch_closed_form():
     ref = gaussian_pid_torch(y[:, None], zs["a"].double(), zs["b"].double(), bias_correction=True)
     assert got == pytest.approx({k: float(ref[k]) for k in got}, abs=1e-6)
     assert got["R"] > 0.1  # a non-trivial case
+
+
+def test_window_pid_on_cpu_survives_a_rank_deficient_window_like_the_gpu_path():
+    from brainage.models.pid_torch import gaussian_pid_torch
+    from brainage.training.trainer import _pid_atoms
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(600, generator=g, dtype=torch.float64)
+    a = y[:, None] + torch.randn(600, 4, generator=g)
+    a[:, 3] = 2.0 * a[:, 1]  # two latent units that moved together: singular covariance
+    zs = {"a": a, "b": 0.5 * y[:, None] + torch.randn(600, 3, generator=g)}
+    got = _pid_atoms(y, zs, [("a", "b")], bias_correction=True)
+    assert got is not None  # the epoch's fusion weights are still updated
+    ref = gaussian_pid_torch(y[:, None], zs["a"].double(), zs["b"].double(), bias_correction=True)
+    assert got["a|b"] == pytest.approx({k: float(ref[k]) for k in got["a|b"]}, abs=1e-9)
+    assert got["a|b"]["R"] > 0.1

@@ -114,7 +114,13 @@ def _pid_atoms(y, zs: dict, pairs, *, bias_correction: bool) -> dict | None:
             return None
         try:
             if on_cpu:  # the numpy closed form: same numbers, about 3x faster on CPU
-                res = gaussian_pid(y64, z64[p], z64[q], bias_correction=bias_correction).as_dict()
+                try:
+                    res = gaussian_pid(y64, z64[p], z64[q], bias_correction=bias_correction).as_dict()
+                except ValueError:
+                    # Rank-deficient window (e.g. two latent units that moved together): the
+                    # torch version's ridge gives the numbers a GPU run would get.
+                    res = gaussian_pid_torch(*(torch.from_numpy(a) for a in (y64, z64[p], z64[q])),
+                                             bias_correction=bias_correction)
             else:
                 res = gaussian_pid_torch(y64, z64[p], z64[q], bias_correction=bias_correction)
         except ValueError as err:  # e.g. a latent unit with zero variance in this sample
