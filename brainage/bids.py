@@ -232,6 +232,7 @@ def discover_inputs(
     participant_labels=None,
     modalities=("anat", "func"),
     validate: bool = True,
+    t1w_required: bool = True,
 ) -> list[ParticipantInputs]:
     """Find each participant's T1w and BOLD runs with pybids.
 
@@ -246,6 +247,9 @@ def discover_inputs(
         BOLD run for ``func``.
     validate : bool
         Whether pybids ignores files that are not valid BIDS names.
+    t1w_required : bool
+        Whether a dataset without any T1w is refused. False when only the
+        functional stage runs from fMRIPrep derivatives, which needs no T1w.
 
     Returns
     -------
@@ -254,7 +258,7 @@ def discover_inputs(
     Raises
     ------
     BIDSError
-        Not a BIDS dataset, or no T1w in the whole dataset.
+        Not a BIDS dataset, or no T1w in the whole dataset (when ``t1w_required``).
     UsageError
         A requested participant label does not exist (the message lists those that do).
     """
@@ -308,7 +312,7 @@ def discover_inputs(
                 ),
             )
         )
-    if "anat" in modalities or "func" in modalities:
+    if t1w_required and ("anat" in modalities or "func" in modalities):
         if not any(p.t1w for p in found):
             raise BIDSError(
                 f"no T1w image found in {bids_dir} for "

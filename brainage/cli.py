@@ -171,15 +171,20 @@ def run_participant_level(args) -> int:
     if args.derivatives is not None and not args.derivatives.is_dir():
         raise UsageError(f"--derivatives {args.derivatives} is not a folder; pass the fMRIPrep output folder")
     stages = resolve_stages(modalities)
+    # fMRIPrep's MNI-space BOLD and confounds replace everything the T1w is used for
+    # in the functional stage, so a func-only run from derivatives needs no T1w.
+    t1w_required = "anat" in modalities or args.derivatives is None
     participants = discover_inputs(
         bids_dir,
         participant_labels=args.participant_label,
         modalities=modalities,
         validate=not args.skip_bids_validation,
+        t1w_required=t1w_required,
     )
     missing = [p.subject for p in participants if not p.t1w]
-    if missing:
-        logger.warning("no T1w for sub-%s: those participants will fail", ", sub-".join(missing))
+    if missing and t1w_required:
+        what = "their structural stage" if args.derivatives is not None else "those participants"
+        logger.warning("no T1w for sub-%s: %s will fail", ", sub-".join(missing), what)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(output_dir, bids_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")

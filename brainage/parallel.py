@@ -45,11 +45,29 @@ class RunSummary:
         return 1 if self.failed else 0
 
 
-def _stage_inputs(spec: StageSpec, inputs) -> list:
+def _stage_inputs(spec: StageSpec, inputs, derivatives_dir=None) -> list:
+    """List the files a stage reads for one participant (their checksums enter its fingerprint).
+
+    With fMRIPrep derivatives the functional stage also reads, per run, fMRIPrep's
+    MNI-space BOLD, its brain mask and its confounds file, so that a changed
+    fMRIPrep output makes the stage run again. A run whose fMRIPrep files are
+    missing adds nothing here; the stage itself reports what is missing.
+    """
     if spec.name == "anat":
         return list(inputs.t1w)
     if spec.name == "func":
-        return [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]
+        files = [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]
+        if derivatives_dir is not None:
+            from .exceptions import InputFileError
+            from .func.fmriprep import find_fmriprep_run
+
+            for run in inputs.bold:
+                try:
+                    found = find_fmriprep_run(derivatives_dir, inputs.subject, run.entities)
+                except InputFileError:
+                    continue
+                files += [p for p in (found["bold"], found["mask"], found["confounds"]) if p]
+        return files
     return inputs.files()
 
 
@@ -71,7 +89,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
         upstream: dict[str, str | None] = {}
         for spec in stages:
             section = cfg.get(spec.name, {})
-            manifest = input_manifest(_stage_inputs(spec, inputs))
+            manifest = input_manifest(_stage_inputs(spec, inputs, derivatives_dir))
             ups = {}
             for name in spec.requirements(derivatives_dir):
                 if name in upstream:

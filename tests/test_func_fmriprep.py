@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -142,3 +143,51 @@ def test_fmriprep_input_does_not_wait_for_a_failed_structural_stage(simulated, t
     assert json.loads((log / "sub-01_desc-anat_provenance.json").read_text())["status"] == "failed"
     assert json.loads((log / "sub-01_desc-func_provenance.json").read_text())["status"] == "done"
     assert (out / "sub-01" / "func" / "sub-01_task-rest_desc-qc_bold.json").is_file()
+
+
+@pytest.mark.slow
+def test_fmriprep_func_only_runs_on_a_dataset_without_t1w(simulated, tmp_path, capsys):
+    """fMRIPrep's outputs replace what the T1w is used for: a func-only run needs none."""
+    bids = tmp_path / "bids"
+    shutil.copytree(simulated["root"], bids, ignore=shutil.ignore_patterns("sourcedata"))
+    shutil.rmtree(bids / "sub-01" / "anat")
+    out = tmp_path / "out"
+    assert _run({**simulated, "root": bids}, out, simulated["derivatives"]) == 0
+    assert (out / "sub-01" / "func" / "sub-01_task-rest_desc-qc_bold.json").is_file()
+    assert "no T1w" not in capsys.readouterr().err
+    # without fMRIPrep input the functional stage needs the T1w: refused before any work
+    code = main([str(bids), str(tmp_path / "out2"), "participant", "--modalities", "func",
+                 "--config-file", str(simulated["config"])])
+    assert code == 2
+    assert "no T1w image found" in capsys.readouterr().err
+
+
+def test_changed_fmriprep_files_make_the_functional_stage_run_again(simulated, tmp_path):
+    """The fMRIPrep files a run reads are part of the functional stage's fingerprint."""
+    from brainage.bids import discover_inputs
+    from brainage.config import load_config
+    from brainage.parallel import plan_tasks
+    from brainage.stages import resolve_stages
+
+    deriv = tmp_path / "fmriprep"
+    shutil.copytree(simulated["derivatives"], deriv)
+    participants = discover_inputs(simulated["root"], modalities=["func"])
+    stages = resolve_stages(["func"])
+    config = load_config(simulated["config"])
+
+    def plan():
+        tasks, _ = plan_tasks(participants, stages, config, tmp_path / "out", tmp_path / "work",
+                              derivatives_dir=deriv)
+        (task,) = tasks
+        return task
+
+    first = plan()
+    names = {Path(item["path"]).name for item in first.record["inputs"]}
+    assert {f"{STEM}_desc-preproc_bold.nii.gz", f"{STEM}_desc-brain_mask.nii.gz",
+            "sub-01_task-rest_desc-confounds_timeseries.tsv"} <= names
+    assert plan().fingerprint == first.fingerprint  # deterministic
+    confounds = deriv / "sub-01" / "func" / "sub-01_task-rest_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(confounds, sep="\t")
+    table.loc[0, "csf"] += 1.0  # fMRIPrep rerun with a different result
+    table.to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    assert plan().fingerprint != first.fingerprint
