@@ -48,12 +48,18 @@ class RunSummary:
 def _stage_inputs(spec: StageSpec, inputs, derivatives_dir=None) -> list:
     """List the files a stage reads for one participant (their checksums enter its fingerprint).
 
-    With fMRIPrep derivatives the functional stage also reads, per run, fMRIPrep's
-    MNI-space BOLD, its brain mask and its confounds file, so that a changed
-    fMRIPrep output makes the stage run again. A run whose fMRIPrep files are
-    missing adds nothing here; the stage itself reports what is missing.
+    With fMRIPrep derivatives the structural stage reads fMRIPrep's T1w, brain
+    mask and tissue maps instead of the raw T1w, and the functional stage also
+    reads, per run, fMRIPrep's MNI-space BOLD, its brain mask and its confounds
+    file, so that a changed fMRIPrep output makes the stage run again. Missing
+    fMRIPrep files add nothing here; the stage itself reports what is missing.
     """
     if spec.name == "anat":
+        if derivatives_dir is not None:
+            from .anat.stage import fmriprep_anat_files
+
+            found = fmriprep_anat_files(derivatives_dir, inputs.subject).values()
+            return [*inputs.t1w, *(p for p in found if p.is_file())]
         return list(inputs.t1w)
     if spec.name == "func":
         files = [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]

@@ -140,3 +140,34 @@ def test_missing_fmriprep_file_fails_that_participant_clearly(fmriprep_run):
     assert "sub-02_label-WM_probseg.nii.gz" in error
     assert "missing" in error and "--derivatives" in error
     assert not (out / "sub-02" / "anat").exists()
+
+
+@pytest.mark.slow
+def test_changed_fmriprep_files_make_the_structural_stage_run_again(fmriprep_run, tmp_path):
+    """fMRIPrep's anatomical files are part of the structural stage's fingerprint."""
+    import shutil
+
+    from brainage.bids import discover_inputs
+    from brainage.config import load_config
+    from brainage.parallel import plan_tasks
+    from brainage.stages import resolve_stages
+
+    root, fmriprep, out, _ = fmriprep_run
+    cfg = load_config("demo")  # as in the fixture's run
+    cfg = cfg.model_copy(update={"anat": cfg.anat.model_copy(update={"atlases": ["HarvardOxford"]})})
+    participants = discover_inputs(root, participant_labels=["01"], modalities=("anat",))
+
+    def plan(derivatives):
+        return plan_tasks(participants, resolve_stages(["anat"]), cfg, out, tmp_path / "work",
+                          derivatives_dir=derivatives)
+
+    tasks, skipped = plan(fmriprep)
+    assert skipped == ["sub-01:anat"] and tasks == []  # unchanged: up to date
+    changed = tmp_path / "fmriprep"
+    shutil.copytree(fmriprep, changed)
+    gm = changed / "sub-01" / "anat" / "sub-01_label-GM_probseg.nii.gz"
+    img = nib.load(gm)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * np.float32(0.9), img.affine), gm)
+    tasks, skipped = plan(changed)
+    assert skipped == [] and [t.subject for t in tasks] == ["01"]
+    assert gm.name in {p["path"].rsplit("/", 1)[-1] for p in tasks[0].record["inputs"]}

@@ -110,23 +110,30 @@ def tissue_volumes(result) -> dict:
     return {k: round(v, 3) for k, v in vols.items()}
 
 
+_FMRIPREP_ANAT = {
+    "t1w": {"desc": "preproc", "suffix": "T1w"},
+    "brain_mask": {"desc": "brain", "suffix": "mask"},
+    "gm": {"label": "GM", "suffix": "probseg"},
+    "wm": {"label": "WM", "suffix": "probseg"},
+    "csf": {"label": "CSF", "suffix": "probseg"},
+}
+
+
+def fmriprep_anat_files(derivatives_dir, subject: str) -> dict:
+    """Paths of fMRIPrep's native T1w, brain mask and tissue maps (not checked to exist)."""
+    from ..bids import derivative_path
+
+    return {key: derivative_path(derivatives_dir, subject=subject, datatype="anat",
+                                 extension=".nii.gz", **ents)
+            for key, ents in _FMRIPREP_ANAT.items()}
+
+
 def _fmriprep_inputs(ctx):
     """FMRIPrep's native preprocessed T1w, brain mask and tissue maps for this participant."""
-    from ..bids import derivative_path
     from ..imageio import load_checked
 
-    root = ctx.derivatives_dir
-    files = {
-        "t1w": {"desc": "preproc", "suffix": "T1w"},
-        "brain_mask": {"desc": "brain", "suffix": "mask"},
-        "gm": {"label": "GM", "suffix": "probseg"},
-        "wm": {"label": "WM", "suffix": "probseg"},
-        "csf": {"label": "CSF", "suffix": "probseg"},
-    }
     out = {}
-    for key, ents in files.items():
-        path = derivative_path(root, subject=ctx.subject, datatype="anat", extension=".nii.gz",
-                               **ents)
+    for key, path in fmriprep_anat_files(ctx.derivatives_dir, ctx.subject).items():
         if not path.is_file():
             raise InputFileError(
                 path, "this fMRIPrep output is missing",
