@@ -71,7 +71,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """Return the process umask, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it, and a file that another thread
+    creates in between would get the temporary mask; Linux reports the mask in
+    ``/proc/self/status`` instead.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # the private mask, should another thread create a file meanwhile
     os.umask(mask)
     return mask
 

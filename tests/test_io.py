@@ -42,15 +42,37 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
+    from brainage.io import _umask
+
     old = os.umask(0o022)
     try:
         path = atomic_write_text(tmp_path / "x.tsv", "a\n")
+        os.umask(0o027)
+        group = atomic_write_text(tmp_path / "y.tsv", "a\n")
+        assert _umask() == 0o027 and _umask() == 0o027  # read, not changed
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(group.stat().st_mode) == 0o640
 
 
 def test_nifti_units_declared(tmp_path, img_4d):
     assert img_4d.header.get_xyzt_units() == ("unknown", "unknown")
     path = save_nifti(img_4d, tmp_path / "bold.nii.gz")
     assert nib.load(path).header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_umask_is_read_without_setting_it(monkeypatch):
+    """Setting the umask to read it would race with files other threads create."""
+    import os
+
+    from brainage.io import _umask
+
+    old = os.umask(0o022)
+    os.umask(old)
+
+    def refuse(*_):
+        raise AssertionError("os.umask called: the mask was changed to be read")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    assert _umask() == old
