@@ -22,28 +22,15 @@ SPACE = "MNI152NLin2009aSym"
 
 def _true_native_maps(root, sub):
     """The true GM/WM/CSF fractions and brain mask of ``sub`` on its T1w grid."""
-    from scipy import ndimage
+    from brainage.simulate.anatomy import native_to_mni, read_true_geometry, sample, voxel_points
 
     truth = root / TRUTH / f"sub-{sub}" / "anat"
     t1 = nib.load(root / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
-    xfm = json.loads((truth / f"sub-{sub}_from-T1w_to-{SPACE}_mode-image_xfm.json").read_text())
-    idx = np.indices(t1.shape, dtype=np.float64).reshape(3, -1)
-    x = t1.affine[:3, :3] @ idx + t1.affine[:3, 3:]
-    pose = np.asarray(xfm["HeadPose"])
-    g = (np.linalg.inv(pose)[:3, :3] @ x + np.linalg.inv(pose)[:3, 3:]) / xfm["HeadScale"]
-    field = nib.load(truth / xfm["DeformationFile"])
-    control = np.asarray(field.dataobj, dtype=np.float64)[..., 0, :]
-    inv = np.linalg.inv(field.affine)
-    gi = inv[:3, :3] @ g + inv[:3, 3:]
-    m = g + np.stack([ndimage.map_coordinates(control[..., k], gi, order=3, mode="nearest")
-                      for k in range(3)])
+    mni = native_to_mni(voxel_points(t1.shape, t1.affine), *read_true_geometry(root, sub))
     out = {}
     for label in ("GM", "WM", "CSF"):
         img = nib.load(truth / f"sub-{sub}_space-{SPACE}_res-2_label-{label}_probseg.nii.gz")
-        vi = np.linalg.inv(img.affine)
-        mi = vi[:3, :3] @ m + vi[:3, 3:]
-        out[label] = ndimage.map_coordinates(img.get_fdata(), mi, order=1, cval=0.0).reshape(
-            t1.shape).astype(np.float32)
+        out[label] = sample(img.get_fdata(), img.affine, mni).reshape(t1.shape).astype(np.float32)
     out["mask"] = (out["GM"] + out["WM"] + out["CSF"] > 0.5).astype(np.uint8)
     return t1, out
 
