@@ -173,7 +173,8 @@ def part_epoch(args) -> dict:
 
     On a shared machine other processes add delays at random; interleaving spreads
     them over all variants and the minimum over repeats is the least disturbed
-    estimate of each variant's cost.
+    estimate of each variant's cost. The ratios are given both ways: of the
+    minima, and paired (the median over repeats of each repeat's own ratio).
     """
     from brainage.models.baselines import FusionBaselineNet
     from brainage.models.encoders import build_encoder, encoder_spec_for
@@ -237,10 +238,20 @@ def part_epoch(args) -> dict:
         for label in times:
             figures[label] = {"min": min(times[label]), "median": float(np.median(times[label])),
                               "all": times[label]}
-            print(name, label, f"min {min(times[label]):.3f} s/epoch", flush=True)
+            print(name, label, f"min {min(times[label]):.3f} s/epoch, "
+                  f"median {np.median(times[label]):.3f}", flush=True)
         base = figures["late_fusion"]["min"]
+        late = np.asarray(times["late_fusion"])
         for label, *_ in variants[:-1]:
             figures[f"ratio_{label}_vs_late_fusion"] = figures[label]["min"] / base
+            # Paired: the variants of one repeat ran back to back, so their ratio is
+            # immune to the slow phases of a shared machine that shift whole minutes.
+            paired = np.asarray(times[label]) / late
+            figures[f"paired_ratio_{label}_vs_late_fusion"] = {
+                "median": float(np.median(paired)),
+                "p25": float(np.quantile(paired, 0.25)),
+                "p75": float(np.quantile(paired, 0.75)),
+            }
         out[name] = figures
     info = {"device": args.device, "torch_threads": torch.get_num_threads(),
             "load_average_at_end": os.getloadavg()}
