@@ -264,11 +264,10 @@ def _validate_samples(y, z1, z2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y2, z1a, z2a
 
 
-def _positive_variances(cov: np.ndarray, what: str = "cov") -> np.ndarray:
-    """Return the diagonal of ``cov``, refusing zero or negative variances."""
-    var = np.diag(cov)
-    if np.any(var <= 0):
-        idx = np.flatnonzero(var <= 0).tolist()
+def _positive_variances(var: np.ndarray, what: str = "cov") -> np.ndarray:
+    """Return the variances ``var`` (in [y, z1, z2] order), refusing zero or negative ones."""
+    if not np.all(var > 0):
+        idx = np.flatnonzero(~(var > 0)).tolist()
         raise ValueError(
             f"singular covariance: {what} has zero (or negative) variance at index/indices {idx} "
             "of [y, z1, z2]; remove constant columns."
@@ -278,7 +277,7 @@ def _positive_variances(cov: np.ndarray, what: str = "cov") -> np.ndarray:
 
 def _correlation(cov: np.ndarray, what: str = "cov") -> np.ndarray:
     """Normalise a covariance to a correlation matrix (checks for zero variances)."""
-    var = _positive_variances(cov, what)
+    var = _positive_variances(np.diag(cov), what)
     scale = 1.0 / np.sqrt(var)
     corr = cov * scale[:, None] * scale[None, :]
     return 0.5 * (corr + corr.T)
@@ -419,7 +418,7 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -
         raise ValueError("cov contains non-finite values (NaN or inf).")
     diag = arr.diagonal()
     if not diag.min() > 0:
-        _positive_variances(arr)  # raises, naming the zero-variance indices
+        _positive_variances(diag)  # raises, naming the zero-variance indices
     # For a covariance every |entry| is at most the largest variance (Cauchy-Schwarz).
     scale = float(diag.max())
     if asym > 1e-8 * scale + 1e-12 * max(1.0, scale):
@@ -495,13 +494,8 @@ def _pid_samples(y2, z1a, z2a, bias_correction: bool) -> dict[str, float]:
     # Lower triangle of n - 1 times Cov([Z1, Z2, y]) (the factor cancels in every ratio).
     m = _DSYRK(1.0, data, trans=1, lower=1)
     var = m.diagonal()
-    if not var.min() > 0:
-        order = np.r_[np.arange(1, d + 1), 0]  # index in [y, z1, z2] of each column
-        idx = sorted(int(order[i]) for i in np.flatnonzero(~(var > 0)))
-        raise ValueError(
-            f"singular covariance: the sample covariance has zero variance at index/indices {idx} "
-            "of [y, z1, z2]; remove constant columns."
-        )
+    if not var.min() > 0:  # name the indices in [y, z1, z2] order
+        _positive_variances(np.r_[var[d], var[:d]], "the sample covariance")
     mis = _mis_from_joint(m, d1)
     bias = _bias_terms(n, d1, d2) if bias_correction else None
     return _atoms_mmi(*_corrected_mis(mis, bias))
