@@ -32,15 +32,53 @@ def leak_batch(seed, n=256, d=4):
 # ---------------------------------------------------------------- CS Gaussianity
 
 
-def test_cs_gaussianity_near_zero_for_standard_normal_and_large_otherwise():
+@pytest.mark.parametrize("reference", ["sample", "exact"])
+def test_cs_gaussianity_near_zero_for_standard_normal_and_large_otherwise(reference):
     g = gen(1)
     a = torch.randn(256, 16, generator=g)
-    base = cs_gaussianity_loss(a, generator=gen(2)).item()
+    base = cs_gaussianity_loss(a, generator=gen(2), reference=reference).item()
     assert 0.0 <= base < 0.02
-    shifted = cs_gaussianity_loss(a + 2.0, generator=gen(2)).item()
-    scaled = cs_gaussianity_loss(a / 3.0, generator=gen(2)).item()
+    shifted = cs_gaussianity_loss(a + 2.0, generator=gen(2), reference=reference).item()
+    scaled = cs_gaussianity_loss(a / 3.0, generator=gen(2), reference=reference).item()
     assert shifted > 10 * base and shifted > 0.1
     assert scaled > 10 * base and scaled > 0.1
+
+
+def test_cs_gaussianity_exact_reference_is_the_limit_of_a_large_reference_sample():
+    # The sample formula evaluated by hand with a reference sample of 10^6 points
+    # (the q-q term from 500 000 independent pairs, plus the 1/n diagonal of an
+    # n-point reference sample) converges to the exact expectations (Monte Carlo
+    # error about 1e-4 here; leaving out the diagonal would be 5e-3 off).
+    g = gen(12)
+    n = 90  # 4005 pairs: the loss takes the median of all of them, as done here
+    a = torch.randn(n, 8, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    d2 = torch.cdist(a, a) ** 2
+    iu = torch.triu_indices(n, n, offset=1)
+    inv = 0.5 / d2[iu[0], iu[1]].median()
+    q = torch.randn(1_000_000, 8, generator=g, dtype=torch.float64)
+    log_aa = torch.log(torch.exp(-d2 * inv).mean())
+    mean_aq = sum(torch.exp(-torch.cdist(a, c) ** 2 * inv).sum() for c in q.split(100_000)) / (n * len(q))
+    e_qq = torch.exp(-((q[:500_000] - q[500_000:]) ** 2).sum(1) * inv).mean()
+    by_hand = (log_aa + torch.log(1 / n + (1 - 1 / n) * e_qq) - 2 * torch.log(mean_aq)).item()
+    exact = cs_gaussianity_loss(a, reference="exact").item()
+    assert exact == pytest.approx(by_hand, abs=5e-4)
+    assert exact > 0.02  # far enough from 0 that the comparison means something
+    # and a random reference of the batch's own size scatters around it
+    draws = [cs_gaussianity_loss(a, generator=gen(s)).item() for s in range(20)]
+    assert min(draws) < exact < max(draws)
+
+
+def test_cs_gaussianity_of_a_stack_equals_one_call_per_modality():
+    g = gen(13)
+    a = torch.randn(64, 6, generator=g)
+    b = torch.randn(64, 6, generator=g) * 2.0 + 1.0
+    stacked = cs_gaussianity_loss(torch.stack([a, b]), reference="exact")
+    assert stacked.shape == (2,)
+    single = [cs_gaussianity_loss(x, reference="exact").item() for x in (a, b)]
+    assert stacked.tolist() == pytest.approx(single, rel=1e-6)
+    assert cs_gaussianity_loss(torch.stack([a, b]), generator=gen(1)).shape == (2,)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        cs_gaussianity_loss(a, reference="analytic")
 
 
 def test_cs_gaussianity_is_reproducible_with_generator():
@@ -48,13 +86,14 @@ def test_cs_gaussianity_is_reproducible_with_generator():
     assert cs_gaussianity_loss(a, generator=gen(5)).item() == cs_gaussianity_loss(a, generator=gen(5)).item()
 
 
-def test_cs_gaussianity_gradient_pulls_towards_normal():
+@pytest.mark.parametrize("reference", ["sample", "exact"])
+def test_cs_gaussianity_gradient_pulls_towards_normal(reference):
     a = (torch.randn(128, 4, generator=gen(4)) / 3.0 + 1.0).requires_grad_()
     opt = torch.optim.SGD([a], lr=10.0)
     first = None
     for step in range(30):
         opt.zero_grad()
-        loss = cs_gaussianity_loss(a, generator=gen(100 + step))
+        loss = cs_gaussianity_loss(a, generator=gen(100 + step), reference=reference)
         loss.backward()
         assert torch.isfinite(a.grad).all()
         first = loss.item() if first is None else first
@@ -169,6 +208,24 @@ def test_normality_loss_matches_shapiro_francia_by_hand():
     m = stats.norm.ppf((torch.arange(1, 201).numpy() - 0.375) / 200.25)
     w = stats.pearsonr(v, m)[0] ** 2
     assert normality_loss(x).item() == pytest.approx(-torch.log(torch.tensor(w)).item(), rel=1e-6)
+
+
+def test_normality_loss_whitens_float32_in_float32_and_falls_back_to_float64():
+    g = gen(14)
+    x = torch.randn(256, 9, generator=g, dtype=torch.float64) @ torch.randn(9, 9, generator=g,
+                                                                             dtype=torch.float64)
+    x = x**3  # clearly non-normal, so the value is well above round-off
+    ref = normality_loss(x).item()
+    assert normality_loss(x.float()).item() == pytest.approx(ref, rel=1e-3)
+    # 40 columns that differ by 1e-4 of their scale: the ridged covariance has no
+    # float32 Cholesky factor, and the float64 factor of the same values is used.
+    base = torch.randn(256, 1, generator=g, dtype=torch.float64)
+    near = torch.cat([base + 1e-4 * torch.randn(256, 1, generator=g, dtype=torch.float64)
+                      for _ in range(40)], dim=1).float()
+    xc = near - near.mean(0)
+    cov = xc.T @ xc / 255
+    assert torch.linalg.cholesky_ex(cov + 1e-6 * cov.diagonal().mean() * torch.eye(40)).info != 0
+    assert normality_loss(near).item() == pytest.approx(normality_loss(near.double()).item(), rel=1e-6)
 
 
 def test_normality_loss_errors():

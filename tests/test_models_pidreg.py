@@ -115,10 +115,10 @@ def test_pidreg_needs_two_modalities():
 
 def test_presets_differ_where_documented():
     f, d = PRESETS["faithful"], PRESETS["default"]
-    assert (f.pid_scope, f.pid_bias_correction, f.redundancy, f.cmi_sigma_scale) == (
-        "batch", False, "coin", 0.05)
-    assert (d.pid_scope, d.pid_bias_correction, d.redundancy, d.cmi_sigma_scale) == (
-        "window", True, "proportional", 1.0)
+    assert (f.pid_scope, f.pid_bias_correction, f.redundancy, f.cmi_sigma_scale, f.cs_reference) == (
+        "batch", False, "coin", 0.05, "sample")
+    assert (d.pid_scope, d.pid_bias_correction, d.redundancy, d.cmi_sigma_scale, d.cs_reference) == (
+        "window", True, "proportional", 1.0, "exact")
     for key in ("batch_size", "max_epochs", "lr", "lambda_lr", "early_stopping_patience",
                 "grad_clip", "lambda_cs", "lambda_cmi", "lambda_norm", "latent_dim"):
         assert getattr(f, key) == getattr(d, key)

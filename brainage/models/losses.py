@@ -3,11 +3,11 @@
 All three act on a batch and return a 0-dim tensor that can be added to the
 prediction loss. They are written to be stable in float32 and under
 ``torch.autocast`` (bf16/fp16): autocast is switched off inside, distances are
-computed in at least float32 (float64 for float64 inputs), Gram-matrix entries
-and their row means in that dtype (pairwise summation), and the final sums,
-logarithms and whitening in float64. The returned tensor has the dtype
-of that internal computation (float32 or float64); add it to a float32 loss as
-usual.
+computed in at least float32 (float64 for float64 inputs), Gram-matrix entries,
+their row means and the whitening of the normality term in that dtype (pairwise
+summation; the whitening falls back to float64 when the float32 factorisation
+fails), and the final sums, ratios and logarithms in float64. The returned tensors
+are float64; add them to a float32 loss as usual.
 
 * :func:`cs_gaussianity_loss` — Cauchy–Schwarz divergence between a latent
   batch and a standard-normal sample.
@@ -67,10 +67,16 @@ def _check_finite(**tensors: torch.Tensor) -> None:
 
 
 def _sq_dists(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances, clamped at 0 (differentiable at u == v)."""
-    uu = (u * u).sum(dim=1, keepdim=True)
-    vv = (v * v).sum(dim=1, keepdim=True)
-    return torch.clamp(torch.addmm(uu + vv.T, u, v.T, alpha=-2.0), min=0.0)
+    """Squared Euclidean distances between the rows of ``u`` and ``v``, clamped at 0.
+
+    ``(n, d), (k, d) -> (n, k)``, or batched ``(m, n, d), (m, k, d) -> (m, n, k)``.
+    """
+    uu = (u * u).sum(dim=-1, keepdim=True)
+    vv = (v * v).sum(dim=-1, keepdim=True)
+    if u.ndim == 2:
+        return torch.clamp(torch.addmm(uu + vv.T, u, v.T, alpha=-2.0), min=0.0)
+    return torch.clamp(torch.baddbmm(uu + vv.transpose(1, 2), u, v.transpose(1, 2), alpha=-2.0),
+                       min=0.0)
 
 
 # The median heuristic uses at most this many pairs: its relative sampling error
@@ -100,32 +106,46 @@ def _median_sq(d2: torch.Tensor) -> torch.Tensor:
 
     ``torch.median`` returns the lower middle value, so ``sqrt`` of this is
     exactly the median distance of the pairs used (all pairs up to
-    ``_MEDIAN_MAX_PAIRS``, else an evenly spaced subset of that size).
+    ``_MEDIAN_MAX_PAIRS``, else an evenly spaced subset of that size). For a
+    stack ``(m, n, n)`` of squared-distance matrices, one median per matrix,
+    shape ``(m, 1, 1)`` (broadcasts against the stack).
     """
-    n = d2.shape[0]
-    vals = d2.detach().flatten().index_select(0, _pair_index(n, str(d2.device)))
-    return torch.clamp(vals.median(), min=torch.finfo(d2.dtype).eps)
+    n = d2.shape[-1]
+    idx = _pair_index(n, str(d2.device))
+    floor = torch.finfo(d2.dtype).eps
+    if d2.ndim == 2:
+        return torch.clamp(d2.detach().flatten().index_select(0, idx).median(), min=floor)
+    vals = d2.detach().flatten(1).index_select(1, idx)
+    return torch.clamp(vals.median(dim=1).values, min=floor)[:, None, None]
 
 
-def pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
+def pairwise_sq_dists(x: torch.Tensor, *, stacked: bool = False) -> torch.Tensor:
     """Squared pairwise distances of a batch (rows centred; float32 or float64).
 
     Parameters
     ----------
-    x : torch.Tensor of shape (n, ...)
-        Batch; trailing dimensions are flattened.
+    x : torch.Tensor of shape (n, ...), or (m, n, d) with ``stacked=True``
+        Batch; trailing dimensions are flattened. With ``stacked``, ``m``
+        batches of vectors (e.g. the latents of ``m`` modalities).
+    stacked : bool, default=False
+        Treat the first dimension of a 3-D ``x`` as a stack of batches.
 
     Returns
     -------
-    torch.Tensor of shape (n, n)
+    torch.Tensor of shape (n, n), or (m, n, n) with ``stacked``
         Differentiable in ``x``. Squared distances of a concatenation
         ``[x_a, x_b]`` are the sum of those of ``x_a`` and ``x_b``, which lets a
         caller build the Gram matrix of several modalities from per-modality
         distances.
     """
-    x = _as_matrix("x", x)
+    if stacked:
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] < 2:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a stack of shape (m, n, d) with n >= 2, got {shape}.")
+    else:
+        x = _as_matrix("x", x)
     x = x.to(_work_dtype(x))
-    x = x - x.detach().mean(dim=0, keepdim=True)
+    x = x - x.detach().mean(dim=-2, keepdim=True)
     return _sq_dists(x, x)
 
 
@@ -156,7 +176,8 @@ def gram_from_sq_dists(d2: torch.Tensor, sigma_scale: float = 1.0) -> torch.Tens
 
     ``K_ij = exp(-d2_ij / (sigma_scale^2 * median(d2)))``, i.e.
     ``2 sigma^2 = (sigma_scale * median distance)^2`` (see :func:`cs_cmi_loss`).
-    The width is detached; gradients flow through ``d2``.
+    The width is detached; gradients flow through ``d2``. A stack ``(m, n, n)``
+    gives a stack of Gram matrices, each with its own width.
     """
     return torch.exp(d2 * (-1.0 / (float(sigma_scale) ** 2 * _median_sq(d2))))
 
@@ -171,42 +192,69 @@ def _log_mean_kernel(
     Gram matrix goes through ``logsumexp``, which cannot underflow.
     """
     if with_diagonal:
-        return torch.log(torch.exp(d2 * -inv_two_sigma2).mean().to(torch.float64))
-    lse = torch.logsumexp((d2 * -inv_two_sigma2).flatten(), dim=0)
-    return lse.to(torch.float64) - math.log(d2.numel())
+        return torch.log(torch.exp(d2 * -inv_two_sigma2).mean(dim=(-2, -1)).to(torch.float64))
+    lse = torch.logsumexp((d2 * -inv_two_sigma2).flatten(-2), dim=-1)
+    return lse.to(torch.float64) - math.log(d2.shape[-2] * d2.shape[-1])
 
 
-def cs_gaussianity_loss(a: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Cauchy–Schwarz divergence between a latent batch and a standard normal sample.
+CS_REFERENCES = ("sample", "exact")
 
-    With ``q`` a fresh ``N(0, I)`` sample of the same shape as ``a`` and the
-    Gaussian kernel ``k(u, v) = exp(-||u - v||^2 / (2 sigma^2))``, ``sigma``
-    the median pairwise distance of ``a`` (detached)::
+
+def cs_gaussianity_loss(
+    a: torch.Tensor, *, generator: torch.Generator | None = None, reference: str = "sample"
+) -> torch.Tensor:
+    """Cauchy–Schwarz divergence between a latent batch and the standard normal.
+
+    With the Gaussian kernel ``k(u, v) = exp(-||u - v||^2 / (2 sigma^2))``,
+    ``sigma`` the median pairwise distance of ``a`` (detached), and ``q`` a
+    reference sample of ``N(0, I)`` of the same shape as ``a``::
 
         L = log mean K(a, a) + log mean K(q, q) - 2 log mean K(a, q)
 
-    The means run over all pairs, diagonal included, so ``L`` is the
-    Cauchy–Schwarz divergence of the two kernel density estimates and is
-    ``>= 0`` exactly (up to round-off); it is near 0 (of order ``1/n``
-    sampling noise) when ``a`` is standard normal.
+    The means run over all pairs, diagonal included.
+
+    ``reference="sample"`` (the published method): ``q`` is a fresh random
+    sample. ``L`` is the Cauchy–Schwarz divergence of the two kernel density
+    estimates, ``>= 0`` exactly (up to round-off), and near 0 (of order
+    ``1/n`` sampling noise) when ``a`` is standard normal.
+
+    ``reference="exact"``: the two ``q`` terms are replaced by their exact
+    expectations over ``q ~ N(0, I)`` (Gaussian integrals; the limit of an
+    infinitely large reference sample)::
+
+        mean_j E_q k(a_j, q) = (s / (s + 1))^(d/2) mean_j exp(-||a_j||^2 / (2 (s + 1)))
+        E mean K(q, q)       = 1/n + (1 - 1/n) (s / (s + 2))^(d/2)
+
+    with ``s = sigma^2``; the ``1/n`` is the reference sample's own diagonal,
+    which matches the diagonal of ``K(a, a)``. This is still ``>= 0`` (the
+    Cauchy–Schwarz inequality for the kernel embeddings of the batch and of
+    ``N(0, I)``, with the ``q`` term only made larger), still of order ``1/n``
+    for a standard-normal batch, has no sampling noise, and needs one ``n x n``
+    kernel matrix instead of three.
 
     Parameters
     ----------
-    a : torch.Tensor of shape (n, d)
-        Latent batch (pre-bottleneck encoder output).
+    a : torch.Tensor of shape (n, d) or (m, n, d)
+        Latent batch (pre-bottleneck encoder output), or a stack of the latent
+        batches of ``m`` modalities (computed together, which costs fewer
+        operations than ``m`` calls).
     generator : torch.Generator, optional
         Random generator for the reference sample (on the device of ``a``);
-        pass one for reproducible values.
+        pass one for reproducible values. Not used by ``reference="exact"``.
+    reference : {"sample", "exact"}, default="sample"
+        A random ``N(0, I)`` reference sample, or the exact expectations.
 
     Returns
     -------
     torch.Tensor
-        0-dim float64 tensor.
+        0-dim float64 tensor, or shape ``(m,)`` for a stack (one divergence per
+        modality, each with its own width and reference).
 
     Raises
     ------
     ValueError
-        If ``a`` has fewer than 2 rows or contains non-finite values.
+        If ``a`` has fewer than 2 rows or contains non-finite values, or for an
+        unknown ``reference``.
 
     Examples
     --------
@@ -214,21 +262,41 @@ def cs_gaussianity_loss(a: torch.Tensor, *, generator: torch.Generator | None = 
     >>> a = torch.randn(256, 8, generator=g)
     >>> bool(cs_gaussianity_loss(a, generator=g) < cs_gaussianity_loss(3 * a + 1, generator=g))
     True
+    >>> exact = cs_gaussianity_loss(a, reference="exact")
+    >>> bool(0 <= exact < 0.01 < cs_gaussianity_loss(3 * a + 1, reference="exact"))
+    True
     """
-    a = _as_matrix("a", a)
+    if reference not in CS_REFERENCES:
+        raise ValueError(f"reference must be one of {CS_REFERENCES}, got {reference!r}.")
+    if not (isinstance(a, torch.Tensor) and a.ndim == 3):
+        a = _as_matrix("a", a)
+    elif a.shape[1] < 2:
+        raise ValueError(f"a: expected a stack of shape (m, n, d) with n >= 2, got {tuple(a.shape)}.")
     with torch.autocast(device_type=a.device.type, enabled=False):
         a = a.to(_work_dtype(a))
         if not bool(torch.isfinite(a).all()):
             raise ValueError("a contains non-finite values (NaN or inf); check the encoder output.")
-        q = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device)
         # A common shift keeps every distance and improves float32 accuracy.
-        shift = a.detach().mean(dim=0, keepdim=True)
-        a_c, q_c = a - shift, q - shift
+        shift = a.detach().mean(dim=-2, keepdim=True)
+        a_c = a - shift
         d2_aa = _sq_dists(a_c, a_c)
         # sigma = median distance of a, so 1 / (2 sigma^2) = 1 / (2 median(d2)).
-        inv_two_sigma2 = 0.5 / _median_sq(d2_aa)
+        med = _median_sq(d2_aa)
+        inv_two_sigma2 = 0.5 / med
+        log_aa = _log_mean_kernel(d2_aa, inv_two_sigma2, with_diagonal=True)
+        if reference == "exact":
+            n, d = a.shape[-2], a.shape[-1]
+            med_row = med.reshape(*med.shape[:-2], 1)  # sigma^2 per matrix, against (.., n)
+            s = med_row[..., 0].to(torch.float64)
+            log_qq = torch.log(1.0 / n + (1.0 - 1.0 / n) * torch.exp(0.5 * d * torch.log(s / (s + 2.0))))
+            sq = (a * a).sum(dim=-1)  # ||a_j||^2 about the origin, the mean of N(0, I)
+            lse = torch.logsumexp(sq * (-0.5 / (med_row + 1.0)), dim=-1)
+            log_aq = 0.5 * d * torch.log(s / (s + 1.0)) + lse.to(torch.float64) - math.log(n)
+            return log_aa + log_qq - 2.0 * log_aq
+        q = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        q_c = q - shift
         return (
-            _log_mean_kernel(d2_aa, inv_two_sigma2, with_diagonal=True)
+            log_aa
             + _log_mean_kernel(_sq_dists(q_c, q_c), inv_two_sigma2, with_diagonal=True)
             - 2.0 * _log_mean_kernel(_sq_dists(a_c, q_c), inv_two_sigma2)
         )
@@ -321,23 +389,24 @@ def cs_cmi_from_grams(lat: torch.Tensor, k: torch.Tensor, m: torch.Tensor) -> to
 
     Parameters
     ----------
-    lat, k, m : torch.Tensor of shape (n, n)
+    lat, k, m : torch.Tensor of shape (n, n) or (b, n, n)
         Gram matrices of the latent ``Z``, the target ``X_target`` and the
-        condition ``X_cond`` (e.g. from :func:`gram_from_sq_dists`).
+        condition ``X_cond`` (e.g. from :func:`gram_from_sq_dists`), or stacks
+        of ``b`` such triples (e.g. one per modality), computed together.
 
     Returns
     -------
     torch.Tensor
-        0-dim float64 tensor.
+        0-dim float64 tensor, or shape ``(b,)`` for stacks.
     """
     # Row means in the Gram dtype (pairwise summation), the final sums and logs in float64.
     lat_m = lat * m
-    rows = torch.stack([m.mean(dim=1), lat.mean(dim=1), (k * m).mean(dim=1), lat_m.mean(dim=1),
-                        (k * lat).mean(dim=1), (k * lat_m).mean(dim=1)]).to(torch.float64)
+    rows = torch.stack([m.mean(dim=-1), lat.mean(dim=-1), (k * m).mean(dim=-1), lat_m.mean(dim=-1),
+                        (k * lat).mean(dim=-1), (k * lat_m).mean(dim=-1)]).to(torch.float64)
     m_r, l_r, km, lm, kl, klm = rows.unbind(0)
-    term_a = torch.log((m_r * km * lm).sum())
-    term_b = torch.log((klm * l_r * l_r).sum())
-    term_c = torch.log((kl * kl * lm * lm / klm).sum())
+    term_a = torch.log((m_r * km * lm).sum(dim=-1))
+    term_b = torch.log((klm * l_r * l_r).sum(dim=-1))
+    term_c = torch.log((kl * kl * lm * lm / klm).sum(dim=-1))
     return -2.0 * term_a + term_b + term_c
 
 
@@ -360,7 +429,8 @@ def normality_loss(joint: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
 
     The batch ``joint = [y_g, z1, z2]`` (shape ``(n, d)``) is centred and
     whitened with the Cholesky factor of its sample covariance (plus a ridge
-    ``eps`` times the mean variance); the ``n * d`` whitened values are
+    ``eps`` times the mean variance; in float32 for a float32 batch, in float64
+    for a float64 one or when the float32 factor fails); the ``n * d`` whitened values are
     flattened and sorted, ``x_(1) <= ... <= x_(N)``, and compared with the
     expected normal order statistics ``m_i = Phi^-1((i - 3/8) / (N + 1/4))``
     (Blom scores)::
@@ -409,29 +479,44 @@ def normality_loss(joint: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
         )
     n, d = joint.shape
     with torch.autocast(device_type=joint.device.type, enabled=False):
-        x = joint.to(torch.float64)
+        x = joint.to(_work_dtype(joint))
         if not bool(torch.isfinite(x).all()):
             raise ValueError("joint contains non-finite values (NaN or inf).")
-        xc = x - x.mean(dim=0, keepdim=True)
-        cov = xc.T @ xc / (n - 1)
-        ridge = eps * torch.clamp(torch.diagonal(cov).mean().detach(), min=1e-12)
-        cov = cov + ridge * torch.eye(d, dtype=cov.dtype, device=cov.device)
-        chol, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0:
+        white = _whiten(x, eps)
+        if white is None and x.dtype != torch.float64:
+            # Too ill-conditioned for a float32 factor: float64 has the digits.
+            white = _whiten(x.to(torch.float64), eps)
+        if white is None:
             raise ValueError(
                 "joint: covariance is not positive definite even with the ridge; "
                 "check for constant or NaN columns, or increase eps."
             )
-        white = torch.linalg.solve_triangular(chol, xc.T, upper=False).T
         vals = white.flatten()
         # sum_i m_i x_(i) = sum_k m_rank(k) x_k: the ranks come from an argsort without
         # gradient (numpy's is several times faster than torch's on CPU), and the
         # statistic stays differentiable in every value without a sort backward.
         m, m_sq = _blom_scores(vals.numel(), str(vals.device))
         order = _argsort(vals.detach())
-        m_at = torch.empty_like(m).index_put_((order,), m)
+        m_at = torch.empty_like(m).index_put_((order,), m).to(vals.dtype)
         vc = vals - vals.mean()
-        num = (m_at * vc).sum() ** 2
-        den = m_sq * (vc * vc).sum()
+        # Products and (pairwise) sums in the whitening's dtype, the ratio in float64.
+        num = (m_at * vc).sum().to(torch.float64) ** 2
+        den = m_sq * (vc * vc).sum().to(torch.float64)
         w = torch.clamp(num / den, min=1e-12, max=1.0)
         return -torch.log(w)
+
+
+def _whiten(x: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """Centre and whiten the rows of ``x`` with the Cholesky factor of its ridged covariance.
+
+    Returns None when the factorisation fails in ``x``'s dtype.
+    """
+    n, d = x.shape
+    xc = x - x.mean(dim=0, keepdim=True)
+    cov = xc.T @ xc / (n - 1)
+    ridge = eps * torch.clamp(torch.diagonal(cov).mean().detach(), min=1e-12)
+    cov = cov + ridge * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        return None
+    return torch.linalg.solve_triangular(chol, xc.T, upper=False).T

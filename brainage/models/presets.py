@@ -2,8 +2,9 @@
 
 ``faithful`` reproduces the published method as its reference code runs it;
 ``default`` keeps the architecture and the schedule but fixes three known
-weaknesses, and computes the regularizers lazily (on every 8th batch) to cut their
-cost. The differences (see ``docs/pidreg.md``):
+weaknesses, replaces the Gaussianity loss's random reference sample by its exact
+expectation (no sampling noise), and computes the regularizers lazily (on every
+8th batch) to cut their cost. The differences (see ``docs/pidreg.md``):
 
 ============================  ==========================  ===============================
 setting                       ``faithful``                ``default``
@@ -13,6 +14,7 @@ PID estimated on              each training batch         a window of the latest
 finite-sample bias            not corrected               corrected (Cai et al. 2015)
 redundancy goes to            one modality, coin flip     both, in proportion to I(y; Z_m)
 CMI kernel width              0.05 × median heuristic     1 × median heuristic (active)
+Gaussianity reference         a fresh N(0, I) sample      exact N(0, I) expectations
 PID target transform          0.6 INT + 0.4 clipped z     rank inverse normal transform
 regularizers computed on      every batch                 every 8th batch, weights x 8
 ============================  ==========================  ===============================
@@ -55,6 +57,12 @@ class PIDRegConfig:
         Weights of the Gaussianity, conditional-independence and normality losses.
     cmi_sigma_scale : float
         Kernel width of the CMI loss as a multiple of the median heuristic.
+    cs_reference : {"sample", "exact"}
+        Reference of the Cauchy–Schwarz Gaussianity loss: a fresh ``N(0, I)``
+        sample per batch (the published method, ``faithful``) or the exact
+        expectations over ``N(0, I)`` (``default``: the limit of an infinite
+        reference sample, without its sampling noise, and one kernel matrix instead
+        of three; see :func:`~brainage.models.losses.cs_gaussianity_loss`).
     regularizer_interval : int
         Compute the three regularizers on every ``k``-th training batch only, with
         their weights multiplied by ``k`` (lazy regularization, Karras et al. 2020,
@@ -99,6 +107,7 @@ class PIDRegConfig:
     lambda_cmi: float = 0.1
     lambda_norm: float = 0.1
     cmi_sigma_scale: float = 1.0
+    cs_reference: str = "exact"
     regularizer_interval: int = 8
     pid_scope: str = "window"
     pid_window: int = 4096
@@ -116,6 +125,7 @@ class PIDRegConfig:
             "pid_scope": ("batch", "window"),
             "redundancy": ("coin", "proportional"),
             "target_transform": ("int", "blend"),
+            "cs_reference": ("sample", "exact"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -166,6 +176,7 @@ class PIDRegConfig:
 _FAITHFUL = PIDRegConfig(
     name="faithful",
     cmi_sigma_scale=0.05,
+    cs_reference="sample",
     pid_scope="batch",
     pid_bias_correction=False,
     redundancy="coin",
