@@ -477,7 +477,6 @@ def normality_loss(joint: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
             f"joint: expected shape (n, d) with n > d (whitening needs more samples than "
             f"dimensions), got {tuple(joint.shape)}. Use a larger batch."
         )
-    n, d = joint.shape
     with torch.autocast(device_type=joint.device.type, enabled=False):
         x = joint.to(_work_dtype(joint))
         if not bool(torch.isfinite(x).all()):
