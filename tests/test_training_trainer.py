@@ -122,10 +122,12 @@ def test_lazy_regularization_runs_the_regularizers_on_every_kth_batch(monkeypatc
     import brainage.models.losses as losses
 
     calls = []
+    references = set()
     real = losses.cs_gaussianity_loss
 
     def spy(a, **kw):
         calls.extend([a.shape[1]] * (a.shape[0] if a.ndim == 3 else 1))  # one per modality
+        references.add(kw.get("reference"))
         return real(a, **kw)
 
     monkeypatch.setattr(losses, "cs_gaussianity_loss", spy)
@@ -138,6 +140,11 @@ def test_lazy_regularization_runs_the_regularizers_on_every_kth_batch(monkeypatc
         counts[k] = len(calls)
     # two modalities; batches 0..7 with k = 1, batches 0, 3, 6 with k = 3
     assert counts == {1: 16, 3: 6}
+    assert references == {"exact"}  # the default preset's reference reaches the loss
+    references.clear()
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=1, cs_reference="sample")
+    train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    assert references == {"sample"}
     with pytest.raises(ValueError, match="regularizer_interval must be >= 1"):
         get_preset("default", regularizer_interval=0)
 
