@@ -136,9 +136,13 @@ def save_nifti(image, path: str | Path) -> Path:
     if header is not None and hasattr(header, "get_xyzt_units"):
         space, time_unit = header.get_xyzt_units()
         if space == "unknown" or (len(image.shape) > 3 and time_unit == "unknown"):
-            # declare mm (and seconds) so that ITK/ANTs readers do not guess with a warning
+            # declare mm (and seconds) so that ITK/ANTs readers do not guess with a warning;
+            # on a copy of the header (the data are not copied): the caller's image is unchanged
+            header = header.copy()
             header.set_xyzt_units(xyz="mm" if space == "unknown" else space,
                                   t="sec" if time_unit == "unknown" else time_unit)
+            image = image.__class__(image.dataobj, image.affine, header,
+                                    extra=getattr(image, "extra", None))
     if path.name.endswith(".nii.gz"):
         raw = image.to_bytes() if hasattr(image, "to_bytes") else None
         if raw is None:  # pragma: no cover - every Nifti1/2 image has to_bytes

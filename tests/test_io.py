@@ -59,7 +59,12 @@ def test_outputs_get_the_usual_permissions(tmp_path):
 def test_nifti_units_declared(tmp_path, img_4d):
     assert img_4d.header.get_xyzt_units() == ("unknown", "unknown")
     path = save_nifti(img_4d, tmp_path / "bold.nii.gz")
-    assert nib.load(path).header.get_xyzt_units() == ("mm", "sec")
+    saved = nib.load(path)
+    assert saved.header.get_xyzt_units() == ("mm", "sec")
+    assert img_4d.header.get_xyzt_units() == ("unknown", "unknown")  # the caller's image unchanged
+    np.testing.assert_array_equal(saved.get_fdata(), img_4d.get_fdata())
+    np.testing.assert_allclose(saved.affine, img_4d.affine)
+    assert saved.header.get_sform(coded=True)[1] == img_4d.header.get_sform(coded=True)[1]
 
 
 def test_umask_is_read_without_setting_it(monkeypatch):
