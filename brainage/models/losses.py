@@ -1,7 +1,8 @@
 """Regularizers of PIDReg: Gaussianity, conditional independence, joint normality.
 
 All three act on a batch and return a 0-dim tensor that can be added to the
-prediction loss. They are written to be stable in float32 and under
+prediction loss (the Gaussianity and CMI terms also take stacks, one value per
+modality). They are written to be stable in float32 and under
 ``torch.autocast`` (bf16/fp16): autocast is switched off inside, distances are
 computed in at least float32 (float64 for float64 inputs), Gram-matrix entries,
 their row means and the whitening of the normality term in that dtype (pairwise
@@ -10,7 +11,8 @@ fails), and the final sums, ratios and logarithms in float64. The returned tenso
 are float64; add them to a float32 loss as usual.
 
 * :func:`cs_gaussianity_loss` — Cauchy–Schwarz divergence between a latent
-  batch and a standard-normal sample.
+  batch and the standard normal (a random reference sample of it, or its exact
+  expectations).
 * :func:`cs_cmi_loss` — conditional Cauchy–Schwarz estimate of
   ``I(Z; X_target | X_cond)``, which is large when a latent carries information
   about the other modality beyond its own input.
