@@ -38,11 +38,13 @@ MNI_2MM = (91, 109, 91)
 def _step_fn(kind: str, batch: int, channels, device, use_reg: bool):
     from brainage.models.baselines import FusionBaselineNet
     from brainage.models.encoders import SFCNEncoder
-    from brainage.models.losses import cs_cmi_loss, cs_gaussianity_loss, normality_loss
     from brainage.models.pidreg import PIDReg
+    from brainage.models.presets import get_preset
+    from brainage.training.trainer import regularization
 
     torch.manual_seed(0)
     latent = 64
+    cfg = get_preset("default")
     encs = {m: SFCNEncoder(in_channels=1, out_dim=latent, channels=channels[:-1],
                            final_channels=channels[-1]) for m in ("anat", "func")}
     if kind == "pidreg":
@@ -62,15 +64,9 @@ def _step_fn(kind: str, batch: int, channels, device, use_reg: bool):
             out = net(x)
         loss = torch.mean((out["pred"].float() - y) ** 2)
         if kind == "pidreg" and use_reg:
-            a = {m: v.float() for m, v in out["a"].items()}
-            z = {m: v.float() for m, v in out["z"].items()}
-            flat = {m: x[m].reshape(batch, -1) for m in x}
-            loss = loss + 0.1 * sum(cs_gaussianity_loss(a[m]) for m in a)
-            loss = loss + 0.1 * (cs_cmi_loss(z["anat"], flat["func"], flat["anat"])
-                                 + cs_cmi_loss(z["func"], flat["anat"], flat["func"]))
-            joint = torch.cat([y[:, None]] + [z[m] for m in z], dim=1)
-            if batch > joint.shape[1] + 1:
-                loss = loss + 0.1 * normality_loss(joint)
+            # the default preset's regularizers, as the trainer computes them (here on
+            # every step; the normality term needs a batch larger than the joint)
+            loss = loss + regularization(out, x, y, net.modalities, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

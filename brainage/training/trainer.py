@@ -32,7 +32,7 @@ from brainage.models.presets import PIDRegConfig
 from brainage.training.datasets import MultiModalData, batch_indices
 from brainage.training.distributed import all_reduce_mean, is_distributed, rank_and_world
 
-__all__ = ["ATOMS", "TrainResult", "pid_target", "resolve_device", "train_model"]
+__all__ = ["ATOMS", "TrainResult", "pid_target", "regularization", "resolve_device", "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,55 @@ def _cmi_term(z: dict, xb: dict, modalities: list, sigma_scale: float) -> torch.
         return cs_cmi_from_grams(lat, k, cond).sum()
 
 
+def regularization(out: dict, xb: dict, y_pid, modalities: list, cfg: PIDRegConfig, *,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Weighted sum of the PIDReg regularizers of one batch.
+
+    ``lambda_cs`` × the Cauchy–Schwarz Gaussianity of every modality's
+    pre-bottleneck latent, ``lambda_cmi`` × the CS-CMI terms (see
+    :func:`_cmi_term`) and, when ``y_pid`` is given (stage 1), ``lambda_norm`` ×
+    the normality of the joint ``[y_pid, z_1, ..., z_M]``. The normality term is
+    skipped on a batch with no more samples than that joint has dimensions + 1
+    (whitening needs more samples than dimensions; e.g. a short last batch).
+
+    Parameters
+    ----------
+    out : dict
+        Output of :meth:`PIDReg.forward` on the batch (``"a"`` and ``"z"`` latents).
+    xb : dict
+        The batch's inputs by modality (for the CMI terms).
+    y_pid : torch.Tensor or None
+        Gaussianised targets of the batch, shape (n,); None skips the normality term.
+    modalities : list of str
+        Modalities of the model.
+    cfg : PIDRegConfig
+        Weights, CMI kernel width and Gaussianity reference.
+    generator : torch.Generator, optional
+        For the Gaussianity loss's random reference sample (``cs_reference="sample"``).
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim tensor (float64); add it to the prediction loss.
+    """
+    from brainage.models.losses import cs_gaussianity_loss, normality_loss
+
+    z = {m: out["z"][m].float() for m in modalities}
+    total = torch.zeros((), dtype=torch.float64, device=z[modalities[0]].device)
+    if cfg.lambda_cs > 0:
+        a = torch.stack([out["a"][m].float() for m in modalities])
+        total = total + cfg.lambda_cs * cs_gaussianity_loss(
+            a, generator=generator, reference=cfg.cs_reference).sum()
+    if cfg.lambda_cmi > 0:
+        total = total + cfg.lambda_cmi * _cmi_term(z, xb, modalities, cfg.cmi_sigma_scale)
+    n = z[modalities[0]].shape[0]
+    n_joint = 1 + sum(z[m].shape[1] for m in modalities)
+    if y_pid is not None and cfg.lambda_norm > 0 and n > n_joint + 1:
+        joint = torch.cat([y_pid.reshape(-1, 1).float()] + [z[m] for m in modalities], dim=1)
+        total = total + cfg.lambda_norm * normality_loss(joint)
+    return total
+
+
 def _evaluate(model, data, idx, y_std, cfg, device, autocast) -> float:
     model.eval()
     total, count = 0.0, 0
@@ -277,8 +326,6 @@ def train_model(
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    from brainage.models.losses import cs_gaussianity_loss, normality_loss
-
     g_cs = torch.Generator(device=device).manual_seed(seed + 1)
     modalities = list(getattr(model, "modalities", data.modalities))
     pairs = list(getattr(model, "pairs", []))
@@ -311,22 +358,10 @@ def train_model(
             loss = torch.mean((pred - yb) ** 2)
             # Lazy regularization: every reg_every-th batch, weights scaled by reg_every.
             if is_pid and use_regularizers and step % reg_every == 0:
-                a = {m: v.float() for m, v in out["a"].items()}
-                z = {m: v.float() for m, v in out["z"].items()}
-                if cfg.lambda_cs > 0:
-                    loss = loss + reg_every * cfg.lambda_cs * cs_gaussianity_loss(
-                        torch.stack([a[m] for m in modalities]), generator=g_cs,
-                        reference=cfg.cs_reference).sum()
-                if cfg.lambda_cmi > 0:
-                    loss = loss + reg_every * cfg.lambda_cmi * _cmi_term(
-                        z, xb, modalities, cfg.cmi_sigma_scale)
-                n_joint = 1 + sum(z[m].shape[1] for m in modalities)
-                # Whitening the joint needs more samples than dimensions: a short last
-                # batch skips this term.
-                if stage == 1 and cfg.lambda_norm > 0 and len(b) > n_joint + 1:
-                    yg = torch.as_tensor(y_pid[b], dtype=torch.float32, device=device)
-                    joint = torch.cat([yg[:, None]] + [z[m] for m in modalities], dim=1)
-                    loss = loss + reg_every * cfg.lambda_norm * normality_loss(joint)
+                yg = (torch.as_tensor(y_pid[b], dtype=torch.float32, device=device)
+                      if stage == 1 else None)
+                loss = loss + reg_every * regularization(out, xb, yg, modalities, cfg,
+                                                         generator=g_cs)
             step += 1
             if is_pid and stage == 1:
                 zd = {m: v.detach().float() for m, v in out["z"].items()}
