@@ -53,6 +53,33 @@ def test_fitted_attributes(fitted):
     assert fitted.training_summary_["n_train"] + fitted.training_summary_["n_validation"] == 400
 
 
+def test_inference_runs_in_training_sized_batches_and_leaves_the_model_on_the_cpu(
+        fitted, data, monkeypatch):
+    """predict/transform batch by the training batch size (3D volumes: 512 at once
+    would not fit in memory), and the batching does not change the outputs."""
+    from brainage.training.datasets import MultiModalData
+
+    sizes = []
+    real = MultiModalData.batch
+
+    def spy(self, idx):
+        sizes.append(len(idx))
+        return real(self, idx)
+
+    full = fitted.predict(data.X)
+    latents = fitted.transform(data.X)
+    monkeypatch.setattr(MultiModalData, "batch", spy)
+    assert np.allclose(fitted.predict(data.X), full, atol=1e-6)
+    assert sizes == [64] * 6 + [16]  # 400 participants, batch_size 64
+    sizes.clear()
+    monkeypatch.setattr(fitted, "config_", fitted.config_.replace(batch_size=7))
+    assert np.allclose(fitted.predict(data.X), full, atol=1e-5)
+    assert max(sizes) == 7 and sum(sizes) == 400
+    t = fitted.transform(data.X)
+    assert all(np.allclose(t[m], latents[m], atol=1e-5) for m in latents)
+    assert next(fitted.model_.parameters()).device.type == "cpu"
+
+
 def test_modality_subset_prediction(fitted, data):
     full = fitted.predict(data.X)
     only1 = fitted.predict({"m1": data.X["m1"]}, modalities=["m1"])

@@ -85,7 +85,10 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
     random_state : int
         Seed of the validation split, initial weights, noise and shuffling.
     device : str
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``. Used for
+        training and for inference (``predict``, ``transform``); inference falls
+        back to the CPU when the device is not there (e.g. a model fitted on a GPU
+        and used on a laptop). The fitted model is kept on the CPU in between.
 
     Attributes
     ----------
@@ -343,21 +346,39 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
         return {m: latent_gaussianity(v, seed=self.random_state) for m, v in lat.items()}
 
     # ---------------------------------------------------------------- predict
-    def _latents(self, data, idx, modalities=None) -> dict:
+    def _inference(self, data, idx, fn) -> list:
+        """Apply ``fn(model, batch)`` to batches of ``idx`` on the inference device.
+
+        Batches have the training batch size (what fitted in memory for training
+        fits for inference: 3D volumes are large), and run on the estimator's
+        device when it is available, else on the CPU; outputs come back as numpy.
+        """
         import torch
 
         from brainage.training.datasets import batch_indices
+        from brainage.training.trainer import resolve_device
 
+        dev = resolve_device(getattr(self, "device", "auto"))
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            dev = torch.device("cpu")
+        size = int(getattr(getattr(self, "config_", None), "batch_size", 256))
+        out = []
+        self.model_.to(dev).eval()
+        try:
+            with torch.no_grad():
+                for b in batch_indices(np.asarray(idx), size, shuffle=False, seed=0, epoch=0):
+                    xb = {m: t.to(dev, non_blocking=True) for m, t in data.batch(b).items()}
+                    out.append(fn(self.model_, xb))
+        finally:
+            self.model_.to("cpu")
+        return out
+
+    def _latents(self, data, idx, modalities=None) -> dict:
         use = self.modalities_ if modalities is None else list(modalities)
-        out = {m: [] for m in use}
-        self.model_.eval()
-        with torch.no_grad():
-            for b in batch_indices(idx, 512, shuffle=False, seed=0, epoch=0):
-                xb = data.batch(b)
-                a = self.model_.encode(xb, use)
-                for m in use:
-                    out[m].append(a[m].float().numpy())
-        return {m: np.concatenate(v) for m, v in out.items()}
+        parts = self._inference(
+            data, idx,
+            lambda model, xb: {m: a.float().cpu().numpy() for m, a in model.encode(xb, use).items()})
+        return {m: np.concatenate([p[m] for p in parts]) for m in use}
 
     def _check_X(self, X: Mapping, modalities):
         check_is_fitted(self, "model_")
@@ -401,16 +422,10 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
         -------
         numpy.ndarray of shape (n,)
         """
-        import torch
-
-        from brainage.training.datasets import batch_indices
-
         use, data = self._check_X(X, modalities)
-        preds = []
-        self.model_.eval()
-        with torch.no_grad():
-            for b in batch_indices(np.arange(data.n), 512, shuffle=False, seed=0, epoch=0):
-                preds.append(self.model_(data.batch(b), modalities=use)["pred"].float().numpy())
+        preds = self._inference(
+            data, np.arange(data.n),
+            lambda model, xb: model(xb, modalities=use)["pred"].float().cpu().numpy())
         return np.concatenate(preds).astype(float) * self.y_scale_ + self.y_mean_
 
     def transform(self, X: Mapping, modalities: Sequence[str] | None = None) -> dict:
