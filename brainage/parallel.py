@@ -5,7 +5,8 @@ needs ``anat``) is submitted once its requirement finished for that
 participant. A failing participant never stops the others: its error is
 recorded in its ``sub-XX/log/`` and listed at the end. A rerun skips every task
 whose record says it is complete and whose fingerprint (inputs' checksums,
-configuration, brainage version, upstream results) is unchanged.
+configuration, brainage version, the source of the stage's code, upstream
+results) is unchanged.
 
 Local execution uses a :class:`concurrent.futures.ProcessPoolExecutor` with
 ``spawn`` workers; a worker that dies (out of memory, a crash in native code)
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .provenance import fingerprint, input_manifest, read_record
+from .provenance import code_digest, fingerprint, input_manifest, read_record
 from .stages import ParticipantTask, StageSpec, TaskResult, execute_task, record_path
 
 __all__ = ["RunSummary", "plan_tasks", "run_participants"]
@@ -91,6 +92,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
 
     cfg = config_to_dict(config)
     tasks, skipped = [], []
+    codes: dict[str, str] = {}  # stage module -> code digest, once per plan
     for inputs in participants:
         upstream: dict[str, str | None] = {}
         for spec in stages:
@@ -103,7 +105,10 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
                 else:
                     rec = read_record(record_path(output_dir, inputs.subject, name))
                     ups[name] = rec.get("fingerprint") if rec else None
-            fp = fingerprint(spec.name, section, manifest, ups)
+            if spec.module not in codes:
+                codes[spec.module] = code_digest(spec.module)
+            code = codes[spec.module]
+            fp = fingerprint(spec.name, section, manifest, ups, code)
             upstream[spec.name] = fp
             rec = read_record(record_path(output_dir, inputs.subject, spec.name))
             complete = (
@@ -124,6 +129,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
                 "config": section,
                 "inputs": manifest,
                 "upstream": ups,
+                "code_sha256": code,
             }
             tasks.append(
                 ParticipantTask(

@@ -67,16 +67,19 @@ class StageSpec:
             return self.requires
         return tuple(r for r in self.requires if r not in self.replaced_by_derivatives)
 
+    @property
+    def module(self) -> str:
+        """Name of the module that holds the stage function."""
+        return self.entry.partition(":")[0]
+
     def load(self):
         """Import and return the stage function."""
-        module, _, func = self.entry.partition(":")
-        return getattr(importlib.import_module(module), func)
+        return getattr(importlib.import_module(self.module), self.entry.partition(":")[2])
 
     def available(self) -> bool:
         """Whether this installation provides the stage's code."""
-        module = self.entry.partition(":")[0]
         try:
-            return importlib.util.find_spec(module) is not None
+            return importlib.util.find_spec(self.module) is not None
         except ModuleNotFoundError:
             return False
 

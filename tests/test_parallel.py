@@ -147,3 +147,63 @@ def test_dask_local_cluster_two_workers(three, tmp_path):
         ("02", "anat"), ("02", "func"), ("03", "anat"), ("03", "func")]
     assert {r.subject for r in summary.failed} == {"01"}
     assert (out / "sub-03/func/sub-03_task-rest_desc-down_bold.nii.gz").is_file()
+
+
+def _write_package(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_source_closure_follows_imports_of_the_stage_only(tmp_path, monkeypatch):
+    from brainage.provenance import code_digest, source_closure
+
+    _write_package(tmp_path, {
+        "codepkg/__init__.py": "",
+        "codepkg/stage.py": "import numpy\nfrom . import helpers\n\n"
+                            "def run(ctx):\n    from codepkg.sub.deep import VALUE\n    return VALUE\n",
+        "codepkg/helpers.py": "from brainage.exceptions import InputFileError\n",
+        "codepkg/sub/__init__.py": "",
+        "codepkg/sub/deep.py": "VALUE = 1\n",
+        "codepkg/unrelated.py": "X = 0\n",
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    closure = source_closure("codepkg.stage")
+    ours = [name for name in closure if name.startswith("codepkg")]
+    assert ours == ["codepkg", "codepkg.helpers", "codepkg.stage", "codepkg.sub", "codepkg.sub.deep"]
+    # brainage modules the stage reaches are followed; third-party packages are not
+    assert {"brainage", "brainage.exceptions"} <= set(closure)
+    assert not any(name.startswith("numpy") for name in closure)
+
+    before = code_digest("codepkg.stage")
+    (tmp_path / "codepkg/unrelated.py").write_text("X = 1\n")
+    assert code_digest("codepkg.stage") == before
+    (tmp_path / "codepkg/sub/deep.py").write_text("VALUE = 2\n")  # imported inside a function
+    assert code_digest("codepkg.stage") != before
+
+
+def test_changed_stage_code_redoes_the_stage(three, tmp_path, monkeypatch):
+    pkg = tmp_path / "pkgs"
+    _write_package(pkg, {
+        "codestage/__init__.py": "",
+        "codestage/run.py": "from tests._stages import run_copy\n\nfrom .helper import FACTOR\n\n\n"
+                            "def run(ctx):\n    return run_copy(ctx)\n",
+        "codestage/helper.py": "FACTOR = 2\n",
+        "codestage/other.py": "",
+    })
+    monkeypatch.syspath_prepend(str(pkg))
+    spec = StageSpec("anat", "codestage.run:run")
+    out = tmp_path / "out"
+    parts = discover_inputs(three, participant_labels=["01"])
+    cfg = load_config("default")
+    assert [r.subject for r in run_participants(parts, [spec], cfg, out).done] == ["01"]
+    record = json.loads(record_path(out, "01", "anat").read_text())
+    assert len(record["code_sha256"]) == 64
+    assert run_participants(parts, [spec], cfg, out).skipped == ["sub-01:anat"]
+    (pkg / "codestage/other.py").write_text("# not imported by the stage\n")
+    assert run_participants(parts, [spec], cfg, out).skipped == ["sub-01:anat"]
+    (pkg / "codestage/helper.py").write_text("FACTOR = 3\n")
+    summary = run_participants(parts, [spec], cfg, out)
+    assert [r.subject for r in summary.done] == ["01"]
+    assert json.loads(record_path(out, "01", "anat").read_text())["code_sha256"] != record["code_sha256"]
