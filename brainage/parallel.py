@@ -92,7 +92,7 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
 
     cfg = config_to_dict(config)
     tasks, skipped = [], []
-    codes: dict[str, str] = {}  # stage module -> code digest, once per plan
+    codes = {spec.module: code_digest(spec.module) for spec in stages}  # once per plan
     for inputs in participants:
         upstream: dict[str, str | None] = {}
         for spec in stages:
@@ -105,8 +105,6 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
                 else:
                     rec = read_record(record_path(output_dir, inputs.subject, name))
                     ups[name] = rec.get("fingerprint") if rec else None
-            if spec.module not in codes:
-                codes[spec.module] = code_digest(spec.module)
             code = codes[spec.module]
             fp = fingerprint(spec.name, section, manifest, ups, code)
             upstream[spec.name] = fp

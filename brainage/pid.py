@@ -409,7 +409,7 @@ def _check_cov(cov, d1: int, d2: int, dy: int = 1, *, symmetrize: bool = True) -
             f"cov: expected the ({d}, {d}) covariance of [y, z1, z2] "
             f"(dy={dy}, d1={d1}, d2={d2}), got shape {arr.shape}."
         )
-    # One pass over the matrix: arr - arr.T is antisymmetric, so its maximum is its
+    # One check for both: arr - arr.T is antisymmetric, so its maximum is its
     # largest absolute entry, and it is NaN or inf when any entry is (inf - inf and
     # NaN - NaN are NaN on the diagonal). numpy copies the transpose in cache-friendly
     # blocks, after which the subtraction reads both operands contiguously: 13 us

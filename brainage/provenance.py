@@ -101,9 +101,8 @@ def _module_file(name: str, roots: dict[str, Path | None]) -> Path | None:
     base = root.joinpath(*parts[1:])
     if (base / "__init__.py").is_file():
         return base / "__init__.py"
-    if base.with_name(base.name + ".py").is_file() and len(parts) > 1:
-        return base.with_name(base.name + ".py")
-    return None
+    source = base.parent / f"{base.name}.py"
+    return source if len(parts) > 1 and source.is_file() else None
 
 
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> list[str]:
