@@ -52,3 +52,13 @@ class ProcessingError(BrainageError):
 
 class ModelBundleError(InputFileError):
     """A model bundle is unreadable, tampered with, or from an incompatible version."""
+
+
+class StatsInputError(BrainageError, ValueError):
+    """Arrays or tables handed to :mod:`brainage.stats` cannot be used as given.
+
+    NaN values, mismatched lengths, too few points, zero variance, an unknown
+    site or batch, a missing column: the message names the argument, what was
+    expected and what was found. It is also a :class:`ValueError`, as
+    scikit-learn-style code expects of bad input.
+    """
