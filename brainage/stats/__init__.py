@@ -37,7 +37,7 @@ _HOME = {
     "brain_age_metrics": "metrics",
     "cohens_d": "groups",
     "compare_groups": "groups",
-    "per_site": "groups",
+    "per_site": "sites",
     "pid_summary": "atoms",
 }
 
