@@ -113,7 +113,7 @@ def test_bootstrap_refuses_bad_settings(kwargs, match):
         bootstrap_metrics([20, 30, 40, 50], [21, 29, 41, 52], **kwargs)
 
 
-@pytest.mark.parametrize("module", ["metrics", "bias", "atoms", "_validate", "groups", "sites"])
+@pytest.mark.parametrize("module", ["metrics", "bias", "atoms", "_validate", "groups", "sites", "harmonize"])
 def test_docstring_examples_run(module):
     mod = importlib.import_module(f"brainage.stats.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
