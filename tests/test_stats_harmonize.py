@@ -371,3 +371,20 @@ def test_spline_beats_linear_on_nonlinear_age_confounded_with_site(seed):
     print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
     assert res["rmse_spline"] < 0.7 * res["rmse_linear"]
     assert res["rmse_spline"] < 0.5 * res["rmse_raw"]  # and it does harmonize
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"parametric": False, "reference_batch": REF}, {"nonlinear": ("age",), "spline_df": 3}],
+    ids=["parametric", "ref-nonparametric", "spline"],
+)
+def test_round_trip_through_json(kw):
+    import json
+
+    X, cov = load_inputs()
+    model = combat(**kw).fit(X, cov)
+    again = ComBat.from_dict(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_array_equal(again.transform(X, cov).to_numpy(), model.transform(X, cov).to_numpy())
+    assert again.get_params() == model.get_params()
+    with pytest.raises(StatsInputError, match="stored state lacks or mangles"):
+        ComBat.from_dict({"params": model.to_dict()["params"], "state": {}})

@@ -44,6 +44,11 @@ from ._validate import as_1d_float, as_labels, check_same_length
 
 __all__ = ["ComBat", "natural_spline_basis"]
 
+#: Fitted attributes, as stored by :meth:`ComBat.to_dict`.
+_STATE = ("feature_names_in_", "n_features_in_", "categories_", "spline_knots_", "design_columns_",
+          "batches_", "n_per_batch_", "reference_batch_", "beta_", "grand_mean_", "var_pooled_",
+          "gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_", "n_iter_")
+_ARRAYS = ("beta_", "grand_mean_", "var_pooled_", "gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_")
 _MAX_ITER = 10_000  # it.sol has no cap; real data converge in well under 100 iterations
 
 
@@ -463,6 +468,77 @@ class ComBat(BaseEstimator):
         if isinstance(X, pd.DataFrame):
             return pd.DataFrame(out, index=X.index, columns=cols)[X.columns]
         return out
+
+    # ----------------------------------------------------------- persistence
+    def to_dict(self) -> dict:
+        """Return the parameters and fitted state as JSON-serialisable data.
+
+        Returns
+        -------
+        dict
+            ``{"params": ..., "state": ...}`` with arrays as nested lists; read
+            back with :meth:`from_dict` (the model bundle stores this, never a
+            pickle).
+        """
+        check_is_fitted(self)
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
+        state = {}
+        for key in _STATE:
+            if not hasattr(self, key):
+                continue
+            value = getattr(self, key)
+            if key == "spline_knots_":
+                value = {c: np.asarray(k).tolist() for c, k in value.items()}
+            elif isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            state[key] = value
+        return {"params": params, "state": state}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ComBat:
+        """Rebuild a fitted ComBat from :meth:`to_dict` output.
+
+        Parameters
+        ----------
+        data : dict
+            As written by :meth:`to_dict`.
+
+        Returns
+        -------
+        ComBat
+
+        Raises
+        ------
+        StatsInputError
+            When a field is missing or malformed.
+        """
+        try:
+            params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data["params"].items()}
+            obj = cls(**params)
+            state = dict(data["state"])
+            missing = [k for k in _STATE if k not in state and k != "feature_names_in_"]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for key, value in state.items():
+                if key not in _STATE:
+                    raise KeyError(f"unknown field {key}")
+                if key == "spline_knots_":
+                    value = {c: np.asarray(k, dtype=float) for c, k in value.items()}
+                elif key in ("feature_names_in_", "batches_"):
+                    value = np.asarray(value, dtype=object)
+                elif key in ("n_per_batch_", "n_iter_"):
+                    value = np.asarray(value, dtype=int)
+                elif key in _ARRAYS:
+                    value = np.asarray(value, dtype=float)
+                setattr(obj, key, value)
+            obj._params()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StatsInputError(
+                f"ComBat: the stored state lacks or mangles {exc}; refit the harmonization"
+            ) from None
+        return obj
 
     def fit_transform(self, X, covariates):
         """Fit on ``X`` and return it harmonized: ``fit(X, covariates).transform(X, covariates)``.
