@@ -62,3 +62,12 @@ class StatsInputError(BrainageError, ValueError):
     expected and what was found. It is also a :class:`ValueError`, as
     scikit-learn-style code expects of bad input.
     """
+
+
+class GroupLevelError(UsageError):
+    """The cohort cannot be used at the group level as given.
+
+    Too few participants for the folds, a single site where sites are
+    required, missing ages: the message says what was found and what to
+    change (exit code 2).
+    """
