@@ -170,3 +170,42 @@ def test_latent_gaussianity_separates_gaussian_from_skewed():
     assert abs(gauss["mardia_kurtosis_ratio"] - 1) < 0.1
     assert skewed["shapiro_w_mean"] < 0.8
     assert skewed["mardia_kurtosis_ratio"] > 2
+
+
+def test_callers_validation_split_is_used(data):
+    """A nested CV controls the early-stopping split: the validation participants
+    never reach the scalers or the target standardisation."""
+    X = {m: v[:200] for m, v in data.X.items()}
+    y = data.y[:200].copy()
+    val = np.arange(0, 200, 4)
+    train = np.setdiff1d(np.arange(200), val)
+    kw = dict(SMALL, max_epochs=2)
+    reg = PIDRegressor(**kw, random_state=0).fit(X, y, validation_idx=val)
+    assert (reg.training_summary_["n_train"], reg.training_summary_["n_validation"]) == (150, 50)
+    assert reg.y_mean_ == pytest.approx(y[train].mean())
+    np.testing.assert_allclose(reg.input_mean_["m1"], X["m1"][train].mean(0), rtol=1e-5)
+    # the default split differs from the caller's (so the check above can fail)
+    default = PIDRegressor(**kw, random_state=0).fit(X, y)
+    assert default.y_mean_ != pytest.approx(y[train].mean(), abs=1e-9)
+    # moving the validation participants' inputs changes no scaler
+    X2 = {m: v.copy() for m, v in X.items()}
+    X2["m1"][val] += 100.0
+    again = PIDRegressor(**kw, random_state=0).fit(X2, y, validation_idx=val)
+    np.testing.assert_array_equal(again.input_mean_["m1"], reg.input_mean_["m1"])
+    none = PIDRegressor(**kw, random_state=0).fit(X, y, validation_idx=np.array([], dtype=int))
+    assert none.training_summary_["n_validation"] == 0
+
+
+@pytest.mark.parametrize(
+    ("idx", "match"),
+    [
+        (np.array([0, 400]), "outside 0..399"),
+        (np.array([1, 1]), "repeats positions"),
+        (np.array([0.5]), "integer positions"),
+        (np.arange(397), "need at least 4"),
+    ],
+    ids=["out-of-range", "repeated", "float", "too-few-train"],
+)
+def test_validation_idx_errors(data, idx, match):
+    with pytest.raises(UsageError, match=match):
+        PIDRegressor(**SMALL).fit(data.X, data.y, validation_idx=idx)

@@ -237,7 +237,7 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
             )
 
     # -------------------------------------------------------------------- fit
-    def fit(self, X: Mapping, y) -> PIDRegressor:
+    def fit(self, X: Mapping, y, *, validation_idx=None) -> PIDRegressor:
         """Train PIDReg on the modalities in ``X`` and the target ``y``.
 
         Parameters
@@ -246,10 +246,22 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
             Two or more modalities, participants in the same order in each.
         y : array-like of shape (n,)
             Target (e.g. age in years).
+        validation_idx : array-like of int, optional
+            Positions of the participants used only for early stopping and the
+            learning-rate schedule (never for gradients, scalers or the target
+            standardisation). Default: a seeded random ``validation_fraction``
+            of the participants. A nested cross-validation passes its own inner
+            split here; an empty array trains without a validation set.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        UsageError
+            On mismatched inputs, non-finite targets, validation positions out
+            of range or repeated, or fewer than 4 training participants.
         """
         from brainage.training.datasets import MultiModalData
         from brainage.training.trainer import pid_target, resolve_device, train_model
@@ -269,10 +281,7 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
                 f"y has {int((~np.isfinite(y)).sum())} non-finite values; drop those "
                 "participants before fitting."
             )
-        rng = np.random.default_rng(self.random_state)
-        perm = rng.permutation(raw.n)
-        n_val = round(config.validation_fraction * raw.n)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        val_idx, train_idx = self._validation_split(raw.n, config, validation_idx)
         if len(train_idx) < 4:
             raise UsageError(f"Only {len(train_idx)} training participants; need at least 4.")
         self.input_mean_, self.input_scale_ = {}, {}
@@ -309,6 +318,28 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
             "input_shapes": self.input_shapes_,
         }
         return self
+
+    def _validation_split(self, n: int, config, validation_idx) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted (validation, training) positions: the caller's, or a seeded random split."""
+        if validation_idx is None:
+            perm = np.random.default_rng(self.random_state).permutation(n)
+            n_val = round(config.validation_fraction * n)
+            return np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        val = np.asarray(validation_idx).reshape(-1)
+        if val.size and not np.issubdtype(val.dtype, np.integer):
+            raise UsageError(
+                f"validation_idx must hold integer positions, got dtype {val.dtype}; pass "
+                "np.flatnonzero(mask) for a boolean mask."
+            )
+        val = val.astype(int)
+        if val.size and (val.min() < 0 or val.max() >= n):
+            raise UsageError(
+                f"validation_idx holds positions outside 0..{n - 1} (min {val.min()}, max {val.max()}); "
+                "give positions into X and y."
+            )
+        if np.unique(val).size != val.size:
+            raise UsageError("validation_idx repeats positions; give each validation participant once.")
+        return np.sort(val), np.setdiff1d(np.arange(n), val)
 
     def _set_fitted_from(self, result) -> None:
         self.history_ = [
