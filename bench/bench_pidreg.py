@@ -68,7 +68,7 @@ def _r2(pred, y) -> float:
 
 
 def part_table(args) -> dict:
-    from brainage.models.regressor import PIDRegressor
+    from brainage.estimators.regressor import PIDRegressor
     from brainage.simulate.tabular import make_pid_dataset
 
     rows = []
@@ -116,8 +116,8 @@ def _fmt_row(row) -> str:
 
 
 def part_baselines(args) -> dict:
-    from brainage.models.baselines import BaselineRegressor
-    from brainage.models.regressor import PIDRegressor
+    from brainage.estimators.baselines import BaselineRegressor
+    from brainage.estimators.regressor import PIDRegressor
     from brainage.simulate.tabular import make_pid_dataset
 
     rows = []

@@ -229,37 +229,23 @@ def _report(summary, output_dir: Path) -> None:
 
 
 def run_group_level(args) -> int:
-    """Group level: what exists in this version, and a clear refusal of what does not."""
+    """Group level: ``--train`` cross-validates and bundles, ``--model BUNDLE`` applies one."""
     from .bids import validate_output_dir
     from .config import load_config
-    from .exceptions import NotAvailableError
 
     bids_dir = args.bids_dir.resolve()
     discover_check(bids_dir)
     output_dir = validate_output_dir(bids_dir, args.output_dir)
-    load_config(args.config_file)
-    if args.train or args.model:
-        raise NotAvailableError(
-            f"group-level {'training' if args.train else 'prediction'} is not available in brainage "
-            f"{__version__} yet; nothing was run"
-        )
-    if not output_dir.is_dir():
+    config = load_config(args.config_file)
+    if not (args.train or args.model):
         raise UsageError(
-            f"OUTPUT_DIR {output_dir} does not exist; run the participant level first"
+            "group: say what to do: --train (cross-validate the configured models and bundle the "
+            "primary one) or --model BUNDLE (apply a trained bundle to this cohort)"
         )
-    try:
-        from .anat.features import write_structural_features
-    except ImportError:
-        raise NotAvailableError(
-            f"the group level (feature tables, training, report) is not available in brainage "
-            f"{__version__} yet; nothing was run"
-        ) from None
-    path = write_structural_features(output_dir)
-    print(f"structural feature table: {path}")
-    print(
-        f"training, prediction and the report are not available in brainage {__version__} yet; "
-        "the group level stopped after the feature tables"
-    )
+    from .levels import group_summary, run_group
+
+    outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model)
+    print("\n".join(group_summary(outputs)))
     return 0
 
 

@@ -85,12 +85,15 @@ def run_demo(out_dir, *, n_subjects: int = 40, seed: int = 0, nprocs: int = 2) -
     for name in missing:
         lines.append(f"participant stage {name!r}: not available in brainage {__version__} yet")
 
-    if "anat" in available:
-        from .anat.features import write_structural_features
+    from .levels import group_summary, run_group
 
-        table = write_structural_features(deriv)
-        lines.append(f"group level: structural feature table {table}")
-    lines.append(f"training, prediction and report: not available in brainage {__version__} yet")
+    try:
+        outputs = run_group(bids_dir, deriv, config, train=True)
+        lines.extend(group_summary(outputs))
+    except UsageError as exc:
+        lines.append(f"group level: stopped: {exc}")
+        exit_code = exit_code or 2
+    lines.append(f"report: not available in brainage {__version__} yet")
     lines.append(f"demo finished in {time.perf_counter() - start:.0f} s")
     print("\n".join(lines))
     return exit_code

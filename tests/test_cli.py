@@ -116,10 +116,16 @@ def test_stage_not_available_says_so(bids_factory, tmp_path, capsys, monkeypatch
     assert "nothing was run" in err
 
 
-def test_group_training_not_available_yet(bids_factory, tmp_path, capsys):
+def test_group_training_without_derivatives_is_a_usage_error(bids_factory, tmp_path, capsys):
     code, _, err = _run(capsys, str(bids_factory()), str(tmp_path / "out"), "group", "--train")
     assert code == 2
-    assert "training is not available" in err
+    assert "does not exist; run the participant level first" in err
+
+
+def test_group_says_what_to_choose(bids_factory, tmp_path, capsys):
+    code, _, err = _run(capsys, str(bids_factory()), str(tmp_path / "out"), "group")
+    assert code == 2
+    assert "--train" in err and "--model BUNDLE" in err
 
 
 def test_participant_run_writes_description_config_and_exit_1_on_failure(

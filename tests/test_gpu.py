@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.estimators.regressor import PIDRegressor
 from brainage.models.losses import cs_cmi_loss, cs_gaussianity_loss, normality_loss
 from brainage.models.pid_torch import gaussian_pid_torch
-from brainage.models.regressor import PIDRegressor
 from brainage.pid import gaussian_pid
 from brainage.simulate.tabular import make_pid_dataset
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.estimators.baselines import BaselineRegressor
+from brainage.estimators.regressor import PIDRegressor, latent_gaussianity
 from brainage.exceptions import UsageError
-from brainage.models.baselines import BaselineRegressor
-from brainage.models.regressor import PIDRegressor, latent_gaussianity
 from brainage.simulate.tabular import make_pid_dataset
 
 SMALL = dict(latent_dim=4, hidden=(16,), max_epochs=8, batch_size=64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.models.regressor import PIDRegressor
+from brainage.estimators.regressor import PIDRegressor
 from brainage.pid import gaussian_pid
 from brainage.simulate.tabular import CASES, SyntheticCase, exact_case_pid, make_pid_dataset
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.estimators.regressor import PIDRegressor
 from brainage.exceptions import InputFileError, UsageError
-from brainage.models.regressor import PIDRegressor
 from brainage.training.datasets import MultiModalData, VolumeDataset
 from tests.conftest import MNI_AFFINE_2MM, SHAPE_3D
 

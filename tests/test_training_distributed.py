@@ -14,7 +14,7 @@ def _worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        from brainage.models.regressor import PIDRegressor
+        from brainage.estimators.regressor import PIDRegressor
         from brainage.simulate.tabular import make_pid_dataset
 
         assert rank_and_world() == (rank, world)

@@ -233,7 +233,7 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
         if len(modalities) < 2:
             raise UsageError(
                 f"PIDRegressor needs two or more modalities, got {modalities}; "
-                "use brainage.models.baselines.BaselineRegressor(kind='unimodal') for one."
+                "use brainage.estimators.baselines.BaselineRegressor(kind='unimodal') for one."
             )
 
     # -------------------------------------------------------------------- fit
@@ -496,15 +496,15 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
 
     # -------------------------------------------------------------- persistence
     def save(self, path) -> None:
-        """Write a model bundle (safetensors weights + JSON); see :mod:`brainage.models.bundle`."""
-        from brainage.models.bundle import save_bundle
+        """Write a model bundle (safetensors weights + JSON); see :mod:`brainage.estimators.bundle`."""
+        from brainage.estimators.bundle import save_bundle
 
         save_bundle(self, path)
 
     @classmethod
     def load(cls, path) -> PIDRegressor:
         """Read a model bundle written by :meth:`save`."""
-        from brainage.models.bundle import load_bundle
+        from brainage.estimators.bundle import load_bundle
 
         est = load_bundle(path)
         if not isinstance(est, cls):

@@ -1,0 +1,139 @@
+"""``group --model BUNDLE``: apply a trained group-level model to a new cohort, without fitting.
+
+The bundle carries everything fitted at training: the estimator, one ComBat
+model per harmonized modality, the age-bias correction and the exact input
+specification (modalities, kinds, atlases, resolutions, feature names). The
+new cohort's derivatives must provide exactly those inputs
+(:func:`brainage.cohort.data.load_cohort` with ``spec=``), or the run stops
+with exit code 2 and says what differs.
+
+Sites the bundle's ComBat has not seen are refused: harmonizing them would
+need ComBat parameters for a site without any of its participants in the
+training data. Retrain on a cohort that includes controls of the new site,
+or use a bundle trained without ComBat. A site unseen by a per-site bias
+correction is corrected with the correction fitted on all training controls
+(the predictions table says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import GroupLevelError, ModelBundleError
+from .outputs import group_dir, write_json
+from .train import BUNDLE_KIND, GroupOutputs, _headline, write_common
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["apply_bundle", "read_group_bundle"]
+
+
+class _AppliedRun:
+    def __init__(self, name, predictions, seconds, n):
+        self.name = name
+        self.predictions = predictions
+        self.folds = []
+        self.fit_seconds = 0.0
+        self.predict_seconds_per_participant = seconds / max(n, 1)
+
+
+def read_group_bundle(path) -> tuple:
+    """Load a group-level bundle: (estimator, extra JSON).
+
+    Raises
+    ------
+    ModelBundleError
+        When the folder is not a bundle written by ``group --train``.
+    """
+    from ..estimators.bundle import load_bundle, read_bundle_extra
+
+    path = Path(path)
+    extra, _ = read_bundle_extra(path)
+    if extra.get("kind") != BUNDLE_KIND:
+        raise ModelBundleError(
+            path, "not a group-level model bundle (no input specification, ComBat or bias correction)",
+            "pass the model/ folder that `brainage BIDS OUT group --train` wrote under OUT/group/",
+        )
+    return load_bundle(path), extra
+
+
+def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> GroupOutputs:
+    """Predict a new cohort with a trained bundle and write the group tables.
+
+    Parameters
+    ----------
+    bids_dir, output_dir : path-like
+        The new cohort's BIDS dataset and derivatives.
+    bundle : path-like
+        ``OUT/group/model`` of a training run.
+    device : str
+        Device of neural models.
+
+    Returns
+    -------
+    GroupOutputs
+
+    Raises
+    ------
+    ModelBundleError
+        A corrupt or foreign bundle.
+    GroupLevelError
+        Inputs that differ from the bundle's, or sites its ComBat has not seen.
+    """
+    from ..cohort.data import load_cohort
+    from ..config import GroupConfig
+    from ..estimators.registry import predict_by_modality
+    from ..stats.bias import AgeBiasCorrection
+    from ..stats.harmonize import ComBat
+
+    start = time.perf_counter()
+    est, extra = read_group_bundle(bundle)
+    cfg = GroupConfig(**extra["group_config"])
+    cohort = load_cohort(bids_dir, output_dir, cfg, spec=extra["input_spec"])
+    parts = cohort.participants
+    mods = list(extra["modalities"])
+    harm = {m: ComBat.from_dict(d) for m, d in extra["combat"].items()}
+    for m, h in harm.items():
+        unseen = sorted(set(parts[h.batch].astype(str)) - set(map(str, h.batches_)))
+        if unseen:
+            raise GroupLevelError(
+                f"the bundle's ComBat ({m}) was fitted on sites {', '.join(map(str, h.batches_))}; this "
+                f"cohort has unseen site(s) {', '.join(unseen)}. Retrain with controls of those sites "
+                "(group --train), or apply a bundle trained with group.combat.enabled: false"
+            )
+    from .cv import harmonize
+
+    keys = parts.index.to_numpy(dtype=object)
+    t0 = time.perf_counter()
+    X = harmonize(cohort, keys, harm, extra["combat_settings"]["batch"], mods)
+    pred = est.predict(X)
+    by_mod = predict_by_modality(est, X)
+    seconds = time.perf_counter() - t0
+    corr = AgeBiasCorrection.from_dict(extra["bias_correction"])
+    table = corr.transform_table(parts["age"].to_numpy(float), pred, site=parts["site"].to_numpy())
+    frame = pd.DataFrame({"fold": "bundle", "n_models": 1, "predicted_age": pred,
+                          "predicted_age_corrected": table["predicted_age_corrected"].to_numpy()},
+                         index=parts.index)
+    for m, p in by_mod.items():
+        frame[f"predicted_age_{m}"] = p
+    name = extra["model"]
+    runs = {name: _AppliedRun(name, frame, seconds, len(keys))}
+    from .summary import predictions_table
+
+    table_all = predictions_table(parts, runs)
+    out = group_dir(output_dir)
+    files = write_common(out, cohort, table_all, runs, name, {
+        "applied_bundle": {"path": str(Path(bundle).resolve()), "model": name,
+                           "trained_on": extra.get("trained_on"),
+                           "corrections": table["correction"].value_counts().to_dict()},
+    })
+    files["applied"] = write_json({"bundle": str(Path(bundle).resolve()), "model": name,
+                                   "n_predicted": len(keys),
+                                   "mean_predicted_age": float(np.mean(pred))}, out / "applied.json")
+    return GroupOutputs(directory=out, files=files, headline=_headline(table_all, name),
+                        seconds=time.perf_counter() - start)

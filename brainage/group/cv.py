@@ -1,0 +1,333 @@
+"""Cross-validated brain-age models on a cohort, without leakage.
+
+For each model of the comparison and each outer fold ``k`` (folds by
+participant, from :func:`brainage.group.folds.assign_folds`; controls only):
+
+1. the training participants are the controls outside fold ``k``;
+2. ComBat (when enabled) is fitted on them, per tabular modality, and applied
+   unchanged to everyone the fold model predicts;
+3. the model is fitted on them (its early-stopping split is drawn inside
+   them);
+4. the age-bias correction is fitted on **out-of-sample predictions of the
+   training controls**: ``inner_splits`` inner folds of the training
+   participants, each predicted by a model fitted on the other inner folds
+   (with its own ComBat), then applied unchanged to fold ``k``;
+5. the fold model predicts the held-out controls of fold ``k`` and every
+   participant who is not a control (patients are never trained on).
+
+Every control ends with exactly one out-of-fold prediction. A patient's
+prediction is the mean over the ``K`` fold models, none of which saw them
+(``n_models = K`` in the outputs); its corrected prediction is the mean of
+the fold-corrected predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import GroupLevelError, StatsInputError
+from ..stats.bias import AgeBiasCorrection
+from ..stats.harmonize import ComBat
+from .folds import NOT_IN_FOLDS, assign_folds
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CVResult", "ModelRun", "cross_validate", "fit_harmonizers", "harmonize"]
+
+
+@dataclass
+class ModelRun:
+    """Out-of-fold results of one model.
+
+    Attributes
+    ----------
+    name : str
+        Model name (``brainage.estimators.registry``).
+    predictions : pandas.DataFrame
+        Indexed by participant key: ``fold`` (``-1`` for participants predicted
+        by every fold model), ``n_models``, ``predicted_age``,
+        ``predicted_age_corrected`` and ``predicted_age_<modality>`` where the
+        model predicts from one modality alone.
+    folds : list of dict
+        Per outer fold: sizes, seconds, the fitted bias correction, and for
+        PIDReg-like models the PID atoms, fusion weights and held-out PID score.
+    fit_seconds : float
+        Total seconds spent fitting (outer and inner models).
+    predict_seconds_per_participant : float
+        Mean inference time of the outer fold models per participant.
+    """
+
+    name: str
+    predictions: pd.DataFrame
+    folds: list = field(default_factory=list)
+    fit_seconds: float = 0.0
+    predict_seconds_per_participant: float = 0.0
+
+
+@dataclass
+class CVResult:
+    """Everything the cross-validation produced, for the outputs and the reports."""
+
+    folds: pd.Series
+    runs: dict
+    settings: dict
+
+
+# --------------------------------------------------------------------- ComBat
+def _combat_covariates(participants: pd.DataFrame, batch: str) -> tuple[pd.DataFrame, tuple]:
+    cov = participants[[batch, "age", "sex"]].copy()
+    preserve = tuple(c for c in ("age", "sex") if cov[c].nunique(dropna=True) > 1)
+    return cov, preserve
+
+
+def fit_harmonizers(cohort, keys, combat_cfg, modalities) -> dict:
+    """Fit one ComBat per tabular modality on the participants ``keys``.
+
+    Parameters
+    ----------
+    cohort : brainage.cohort.data.CohortData
+    keys : sequence of str
+        Training participants.
+    combat_cfg
+        ``config.group.combat``.
+    modalities : sequence of str
+        Modalities the model uses.
+
+    Returns
+    -------
+    dict
+        Modality → fitted :class:`~brainage.stats.harmonize.ComBat` (empty when
+        ComBat is off; maps are not harmonized).
+
+    Raises
+    ------
+    GroupLevelError
+        When ComBat cannot be fitted (a site with fewer than two training
+        participants, a constant feature …), with the fix.
+    """
+    if not combat_cfg.enabled:
+        return {}
+    out = {}
+    cov, preserve = _combat_covariates(cohort.participants.loc[keys], combat_cfg.batch)
+    for m in modalities:
+        inp = cohort.inputs[m]
+        if inp.features is None:
+            continue
+        model = ComBat(batch=combat_cfg.batch, preserve=preserve,
+                       nonlinear=("age",) if combat_cfg.nonlinear_age and "age" in preserve else ())
+        try:
+            out[m] = model.fit(inp.features.loc[keys], cov)
+        except StatsInputError as exc:
+            raise GroupLevelError(
+                f"ComBat on {m} could not be fitted on {len(keys)} training participants: {exc}. "
+                "Merge small sites, or set group.combat.enabled: false"
+            ) from None
+    return out
+
+
+def harmonize(cohort, keys, harmonizers: dict, batch: str, modalities) -> dict:
+    """Return the model inputs of ``keys``: tabular features (harmonized when fitted) or volumes."""
+    X = {}
+    cov = None
+    for m in modalities:
+        inp = cohort.inputs[m]
+        if inp.features is None:
+            from ..training.datasets import volume_dataset
+
+            X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist())
+            continue
+        frame = inp.features.loc[keys]
+        if m in harmonizers:
+            if cov is None:
+                cov, _ = _combat_covariates(cohort.participants.loc[keys], batch)
+            try:
+                frame = harmonizers[m].transform(frame, cov)
+            except StatsInputError as exc:
+                raise GroupLevelError(f"ComBat on {m}: {exc}") from None
+        X[m] = frame.to_numpy(dtype=np.float32)
+    return X
+
+
+# ------------------------------------------------------------------ one fit
+def _fit(name, modalities, params, seed, device, X, y):
+    from ..estimators.registry import make_estimator
+
+    est = make_estimator(name, modalities=modalities, params=params, random_state=seed, device=device)
+    return est.fit(X, y)
+
+
+def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device) -> np.ndarray:
+    """Out-of-sample predictions of ``keys`` from inner folds (for the bias correction)."""
+    table = cohort.participants.loc[keys]
+    inner = assign_folds(table, n_splits=cfg.cv.inner_splits, seed=seed + 7919)
+    out = np.full(len(keys), np.nan)
+    keys = np.asarray(keys, dtype=object)
+    for j in range(cfg.cv.inner_splits):
+        tr, te = keys[inner != j], keys[inner == j]
+        harm = fit_harmonizers(cohort, tr, cfg.combat, modalities)
+        est = _fit(name, modalities, params, seed + 31 * (j + 1), device,
+                   harmonize(cohort, tr, harm, cfg.combat.batch, modalities),
+                   cohort.participants.loc[tr, "age"].to_numpy(float))
+        out[inner == j] = est.predict(harmonize(cohort, te, harm, cfg.combat.batch, modalities))
+    return out
+
+
+def fit_correction(cfg, age, predicted, site) -> AgeBiasCorrection:
+    """Fit the configured age-bias correction on out-of-sample predictions of controls."""
+    bc = cfg.bias_correction
+    corr = AgeBiasCorrection(method=bc.method, degree=bc.degree, by_site=bc.by_site,
+                             unseen_site="pooled")
+    try:
+        return corr.fit(age, predicted, site=site if bc.by_site else None)
+    except StatsInputError as exc:
+        raise GroupLevelError(
+            f"the age-bias correction could not be fitted on {len(age)} training controls: {exc}"
+        ) from None
+
+
+def _pid_info(est, X_test, y_test) -> dict:
+    info = {}
+    if getattr(est, "pid_", None):
+        info["pid"] = est.pid_
+    if getattr(est, "fusion_weights_", None):
+        info["fusion_weights"] = est.fusion_weights_
+    if info and len(y_test) >= 10 and hasattr(est, "pid_score"):
+        try:
+            info["pid_score"] = est.pid_score(X_test, y_test)
+        except Exception as exc:  # the score is a report item; it never stops training
+            logger.warning("held-out PID score failed: %s", exc)
+    return info
+
+
+def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun:
+    from ..estimators.registry import predict_by_modality
+
+    parts = cohort.participants
+    keys = parts.index.to_numpy(dtype=object)
+    others = keys[folds == NOT_IN_FOLDS]
+    k_folds = int(folds.max()) + 1
+    rows, fold_info = [], []
+    fit_seconds = predict_seconds = 0.0
+    n_predicted = 0
+    for k in range(k_folds):
+        seed = cfg.cv.seed + 1000 * (k + 1)
+        train, test = keys[(folds != k) & (folds != NOT_IN_FOLDS)], keys[folds == k]
+        target = np.concatenate([test, others])
+        t0 = time.perf_counter()
+        harm = fit_harmonizers(cohort, train, cfg.combat, modalities)
+        y_train = parts.loc[train, "age"].to_numpy(float)
+        est = _fit(name, modalities, params, seed, device,
+                   harmonize(cohort, train, harm, cfg.combat.batch, modalities), y_train)
+        if cfg.bias_correction.method == "none":
+            oos = y_train  # unused by the identity correction
+        else:
+            oos = _oos_predictions(name, cohort, train, cfg, modalities, params, seed, device)
+        corr = fit_correction(cfg, y_train, oos, parts.loc[train, "site"].to_numpy())
+        fit_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        X_target = harmonize(cohort, target, harm, cfg.combat.batch, modalities)
+        pred = est.predict(X_target)
+        predict_seconds += time.perf_counter() - t0
+        n_predicted += len(target)
+        frame = pd.DataFrame({"key": target, "fold": np.where(np.isin(target, test), k, NOT_IN_FOLDS),
+                              "predicted_age": pred})
+        frame["predicted_age_corrected"] = corr.transform(
+            parts.loc[target, "age"].to_numpy(float), pred, site=parts.loc[target, "site"].to_numpy())
+        for m, p in predict_by_modality(est, X_target).items():
+            frame[f"predicted_age_{m}"] = p
+        rows.append(frame)
+        n_test = len(test)
+        X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
+        info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
+                "n_others": len(others), "bias_correction": corr.to_dict()}
+        if n_test and all(isinstance(v, np.ndarray) for v in X_target.values()):
+            info.update(_pid_info(est, X_test, parts.loc[test, "age"].to_numpy(float)))
+        fold_info.append(info)
+        logger.info("%s fold %d/%d: %d training controls, %.1f s", name, k + 1, k_folds, len(train),
+                    fit_seconds)
+    allrows = pd.concat(rows, ignore_index=True)
+    value_cols = [c for c in allrows.columns if c.startswith("predicted_age")]
+    grouped = allrows.groupby("key", sort=False)
+    preds = grouped[value_cols].mean()
+    preds.insert(0, "n_models", grouped.size())
+    preds.insert(0, "fold", grouped["fold"].max())
+    preds = preds.reindex([k for k in keys if k in preds.index])
+    return ModelRun(name=name, predictions=preds, folds=fold_info, fit_seconds=fit_seconds,
+                    predict_seconds_per_participant=predict_seconds / max(n_predicted, 1))
+
+
+def model_modalities(name: str, cohort) -> list[str]:
+    """Return the modalities a model of the comparison uses."""
+    if name.startswith("unimodal_"):
+        return [name.removeprefix("unimodal_")]
+    return list(cohort.inputs)
+
+
+def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None) -> CVResult:
+    """Cross-validate every model of ``cfg.models`` on the cohort.
+
+    Parameters
+    ----------
+    cohort : brainage.cohort.data.CohortData
+        Participants and inputs (exclusions already applied).
+    cfg
+        ``config.group``.
+    models : sequence of str, optional
+        A subset of ``cfg.models``.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` for the neural models.
+    folds : array-like of int, optional
+        Precomputed outer folds (one per participant row, ``-1`` for those
+        not trained on); default :func:`~brainage.group.folds.assign_folds`
+        with ``cfg.cv``.
+
+    Returns
+    -------
+    CVResult
+
+    Raises
+    ------
+    GroupLevelError
+        With too few controls for the folds, or when a participant lacks a
+        modality a model needs.
+    """
+    parts = cohort.participants
+    controls = parts["is_control"].to_numpy(dtype=bool)
+    n_controls = int(controls.sum())
+    need = cfg.cv.n_splits * (cfg.cv.inner_splits if cfg.bias_correction.method != "none" else 1)
+    if n_controls < max(need, 10) and cfg.cv.scheme == "kfold":
+        raise GroupLevelError(
+            f"{n_controls} controls are too few for {cfg.cv.n_splits} outer × {cfg.cv.inner_splits} inner "
+            f"folds; need at least {max(need, 10)}. Add controls or lower group.cv.n_splits / inner_splits"
+        )
+    if folds is None:
+        folds = assign_folds(parts, train=controls, n_splits=cfg.cv.n_splits, scheme=cfg.cv.scheme,
+                             seed=cfg.cv.seed)
+    folds = np.asarray(folds, dtype=int)
+    if folds.shape != (len(parts),) or (folds[controls] < 0).any() or (folds[~controls] >= 0).any():
+        raise GroupLevelError("folds: expected one fold per participant, >= 0 for every control and "
+                              "-1 for everyone else (patients are never trained on)")
+    runs = {}
+    for name in models or cfg.models:
+        mods = model_modalities(name, cohort)
+        missing = [m for m in mods if m not in cohort.inputs]
+        if missing:
+            raise GroupLevelError(f"model {name} needs modality {', '.join(missing)}, which the cohort lacks")
+        # With group.missing_modality "available", a model sees the participants that have
+        # every modality it uses; the others get no prediction from it.
+        usable = parts["modalities"].map(lambda s, mods=mods: set(mods) <= set(str(s).split("+")))
+        usable = usable.to_numpy(dtype=bool)
+        sub = cohort if usable.all() else cohort.subset(parts.index[usable])
+        t0 = time.perf_counter()
+        runs[name] = _run_model(name, sub, folds[usable], cfg, mods,
+                                dict(cfg.model_params.get(name, {})), device)
+        logger.info("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
+    settings = {"n_splits": int(folds.max()) + 1, "scheme": cfg.cv.scheme, "seed": cfg.cv.seed,
+                "inner_splits": cfg.cv.inner_splits, "n_controls": n_controls,
+                "n_others": int((~controls).sum())}
+    return CVResult(folds=pd.Series(folds, index=parts.index, name="fold"), runs=runs, settings=settings)

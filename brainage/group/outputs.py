@@ -1,0 +1,125 @@
+"""The group level's output files: tables with JSON sidecars, metrics, PID summary.
+
+Everything goes under ``OUTPUT_DIR/group/`` (names fixed by the design):
+``predictions.tsv``, ``exclusions.tsv``, ``groups.tsv``, ``metrics.json``,
+``pid.json`` and the model bundle ``model/``. Each TSV has a JSON sidecar of
+the same name describing every column (BIDS style: ``{"column":
+{"Description": …, "Units": …}}``). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_write_json, atomic_write_tsv
+
+__all__ = ["COLUMNS", "group_dir", "jsonable", "write_json", "write_table"]
+
+#: Descriptions of every column the group level writes.
+COLUMNS = {
+    "participant_id": ("Participant label (sub-<label>).", None),
+    "session": ("Session label (ses-<label>), n/a without sessions.", None),
+    "age": ("Chronological age.", "years"),
+    "sex": ("Sex as given in participants.tsv.", None),
+    "site": ("Acquisition site (the batch for ComBat and per-site statistics).", None),
+    "group": ("Clinical group as given in participants.tsv.", None),
+    "is_control": ("Whether the group matches group.control_labels (case-insensitive).", None),
+    "fold": ("Outer cross-validation fold whose model predicted this control out of sample; -1: "
+             "not a control, predicted by every fold model (mean of n_models predictions); "
+             "'bundle': predicted by an applied model bundle.", None),
+    "n_models": ("Number of models whose predictions are averaged in this row.", None),
+    "model": ("Model name (brainage.estimators.registry).", None),
+    "predicted_age": ("Predicted age, uncorrected, out of sample.", "years"),
+    "gap": ("Brain-age gap: predicted_age - age (uncorrected).", "years"),
+    "predicted_age_corrected": ("Predicted age after the age-bias correction fitted on training "
+                                "controls (uses chronological age: not a prediction).", "years"),
+    "gap_corrected": ("Bias-corrected brain-age gap: predicted_age_corrected - age.", "years"),
+    "modality": ("Modality the exclusion applies to ('all' for the whole participant).", None),
+    "reason": ("Why the participant (or modality) was excluded, with the measured value.", None),
+    "scope": ("'all': one model on all participants; 'site <s>': within that site; 'pooled': "
+              "random-effects pooling of the sites.", None),
+    "n": ("Participants of this group in the comparison.", None),
+    "mean_gap": ("Covariate-adjusted difference of the corrected gap from the reference group "
+                 "(OLS coefficient; the pooled estimate for scope 'pooled').", "years"),
+    "se": ("Standard error of mean_gap (HC3; random-effects for 'pooled').", "years"),
+    "ci_low": ("Lower bound of the 95 % interval of mean_gap.", "years"),
+    "ci_high": ("Upper bound of the 95 % interval of mean_gap.", "years"),
+    "cohens_d": ("Cohen's d of the corrected gaps against the reference group (pooled SD).", None),
+    "d_ci_low": ("Lower bound of the 95 % interval of Cohen's d.", None),
+    "d_ci_high": ("Upper bound of the 95 % interval of Cohen's d.", None),
+    "p": ("Two-sided p-value of mean_gap.", None),
+    "raw_mean_gap": ("Mean corrected gap of the group, unadjusted.", "years"),
+    "reference_mean_gap": ("Mean corrected gap of the reference group, unadjusted.", "years"),
+    "dropped_covariates": ("Covariates left out of the model, with the reason.", None),
+    "note": ("Why a row has no estimate, or how it was computed.", None),
+    "tau2": ("Between-site variance of the effect (random effects).", "years^2"),
+    "i2": ("I^2 heterogeneity across sites.", "percent"),
+    "q": ("Cochran's Q.", None),
+    "q_p": ("p-value of Cochran's Q.", None),
+    "k_sites": ("Sites pooled.", None),
+}
+
+
+def group_dir(output_dir) -> Path:
+    """Return ``OUTPUT_DIR/group`` (created)."""
+    path = Path(output_dir) / "group"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _describe(column: str) -> dict:
+    if column in COLUMNS:
+        text, units = COLUMNS[column]
+    elif column.startswith("predicted_age_") and column != "predicted_age_corrected":
+        text, units = (f"Predicted age from the {column.removeprefix('predicted_age_')} modality "
+                       "alone (the same fitted model, the other modality left out).", "years")
+    else:
+        text, units = column, None
+    return {"Description": text, **({"Units": units} if units else {})}
+
+
+def write_table(frame: pd.DataFrame, path) -> Path:
+    """Write ``frame`` as TSV (``n/a`` for missing) with its JSON sidecar, atomically.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The table (its index is not written).
+    path : path-like
+        ``….tsv``; the sidecar is written beside it as ``….json``.
+
+    Returns
+    -------
+    pathlib.Path
+        The TSV path.
+    """
+    path = Path(path)
+    out = frame.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            out[c] = out[c].round(6)
+    atomic_write_json(path.with_suffix(".json"), {c: _describe(c) for c in out.columns})
+    return atomic_write_tsv(path, out)
+
+
+def jsonable(obj):
+    """Return ``obj`` with numpy scalars and arrays as plain Python, and NaN/inf as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(data, path) -> Path:
+    """Write ``data`` as strict JSON (NaN as null) atomically."""
+    return atomic_write_json(path, jsonable(data))

@@ -1,0 +1,200 @@
+"""From out-of-sample predictions to the group level's tables: predictions, metrics, groups, PID.
+
+Every number comes from :mod:`brainage.stats`. Accuracy is reported on
+uncorrected out-of-sample predictions of controls, pooled and per fold, with
+bootstrap intervals; corrected metrics follow under a key that says they are
+not accuracy (the correction uses chronological age).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import StatsInputError
+from ..stats.atoms import pid_summary
+from ..stats.groups import compare_groups
+from ..stats.metrics import bootstrap_metrics, brain_age_metrics
+from ..stats.sites import per_site
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["groups_table", "metrics_report", "pid_report", "predictions_table"]
+
+_ID_COLUMNS = ["participant_id", "session", "age", "sex", "site", "group"]
+_GROUP_ORDER = ["scope", "group", "n", "mean_gap", "se", "ci_low", "ci_high", "cohens_d", "d_ci_low",
+                "d_ci_high", "p", "raw_mean_gap", "reference_mean_gap", "model", "dropped_covariates",
+                "tau2", "i2", "q", "q_p", "k_sites", "note"]
+NOT_ACCURACY = ("Metrics of bias-corrected predictions use each participant's chronological age; "
+                "they show that the gap no longer depends on age and are not accuracy "
+                "(de Lange et al. 2022). Quote the uncorrected metrics.")
+
+
+def predictions_table(participants: pd.DataFrame, runs: dict) -> pd.DataFrame:
+    """One row per participant × model, the columns of ``predictions.tsv``.
+
+    Parameters
+    ----------
+    participants : pandas.DataFrame
+        ``CohortData.participants``.
+    runs : dict
+        Model name → an object with a ``predictions`` frame indexed by key
+        (``fold``, ``n_models``, ``predicted_age``, ``predicted_age_corrected``,
+        ``predicted_age_<modality>``).
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    frames = []
+    for name, run in runs.items():
+        p = run.predictions
+        base = participants.loc[p.index, _ID_COLUMNS].copy()
+        base["fold"] = p["fold"].to_numpy()
+        base["n_models"] = p["n_models"].to_numpy()
+        base["model"] = name
+        base["predicted_age"] = p["predicted_age"].to_numpy()
+        base["gap"] = base["predicted_age"] - base["age"]
+        base["predicted_age_corrected"] = p["predicted_age_corrected"].to_numpy()
+        base["gap_corrected"] = base["predicted_age_corrected"] - base["age"]
+        for c in p.columns:
+            if c.startswith("predicted_age_") and c != "predicted_age_corrected":
+                base[c] = p[c].to_numpy()
+        base["is_control"] = participants.loc[p.index, "is_control"].to_numpy()
+        frames.append(base)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _metrics(age, pred, *, boot: bool, seed: int) -> dict:
+    try:
+        return (bootstrap_metrics(age, pred, n_boot=2000, seed=seed) if boot
+                else brain_age_metrics(age, pred))
+    except StatsInputError as exc:
+        return {"n": len(age), "error": str(exc)}
+
+
+def metrics_report(table: pd.DataFrame, runs: dict, *, seed: int = 0) -> dict:
+    """Per model: uncorrected accuracy (pooled with intervals, per fold), then corrected, then cost.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`predictions_table` output.
+    runs : dict
+        Model name → run (``fit_seconds``, ``predict_seconds_per_participant``).
+    seed : int
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    dict
+        ``{model: {"controls": {"uncorrected": …, "per_fold": […], "per_modality": {…},
+        "corrected_not_accuracy": …}, "cost": {…}}}``.
+    """
+    out = {}
+    for name, run in runs.items():
+        t = table[(table["model"] == name) & table["is_control"]]
+        folds = []
+        for k, f in t.groupby("fold"):
+            fold = k if isinstance(k, str) else int(k)
+            folds.append({"fold": fold, **_metrics(f["age"], f["predicted_age"], boot=False, seed=seed)})
+        per_modality = {
+            c.removeprefix("predicted_age_"): _metrics(t["age"], t[c], boot=False, seed=seed)
+            for c in t.columns
+            if c.startswith("predicted_age_") and c != "predicted_age_corrected" and t[c].notna().all()
+        }
+        out[name] = {
+            "controls": {
+                "uncorrected": _metrics(t["age"], t["predicted_age"], boot=True, seed=seed),
+                "per_fold": folds,
+                "per_modality": per_modality,
+                "corrected_not_accuracy": _metrics(t["age"], t["predicted_age_corrected"], boot=False,
+                                                   seed=seed),
+            },
+            "cost": {"fit_seconds": round(float(run.fit_seconds), 3),
+                     "predict_seconds_per_participant": float(run.predict_seconds_per_participant)},
+        }
+    return out
+
+
+def groups_table(primary: pd.DataFrame, *, reference) -> pd.DataFrame:
+    """``compare_groups`` on all participants, then per site with the random-effects pooling.
+
+    Parameters
+    ----------
+    primary : pandas.DataFrame
+        Rows of :func:`predictions_table` for the primary model.
+    reference : sequence of str
+        The control labels present in the cohort.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of ``groups.tsv`` (empty, with a note row, when there is no
+        group besides the controls).
+    """
+    rows = []
+    others = primary.loc[~primary["is_control"], "group"].unique().tolist()
+    if not others:
+        return pd.DataFrame([{"scope": "all", "note": "no participants outside the control group"}],
+                            columns=_GROUP_ORDER)
+    table = primary[["gap_corrected", "group", "age", "sex", "site"]]
+    try:
+        overall = compare_groups(table, reference=tuple(reference))
+        rows.append(overall.assign(scope="all"))
+    except StatsInputError as exc:
+        rows.append(pd.DataFrame([{"scope": "all", "note": str(exc)}]))
+    if primary["site"].nunique() > 1:
+        try:
+            sites = per_site(table, reference=tuple(reference))
+            rows.append(sites.sites.assign(scope="site " + sites.sites["site"].astype(str)))
+            pooled = sites.pooled.rename(columns={"estimate": "mean_gap"}).assign(scope="pooled")
+            rows.append(pooled)
+        except StatsInputError as exc:
+            rows.append(pd.DataFrame([{"scope": "per site", "note": str(exc)}]))
+    out = pd.concat(rows, ignore_index=True)
+    return out.reindex(columns=_GROUP_ORDER)
+
+
+def pid_report(run) -> dict:
+    """PID atoms per fold with their summary, fusion weights and held-out PID score (bits)."""
+    per_fold = []
+    for info in run.folds:
+        if "pid" not in info:
+            continue
+        for pair, atoms in info["pid"].items():
+            per_fold.append({"fold": info["fold"], "pair": pair, **atoms})
+    if not per_fold:
+        return {"model": run.name, "available": False,
+                "note": f"{run.name} has no PID atoms (only PIDReg models do)"}
+    frame = pd.DataFrame(per_fold)
+    summary = {pair: pid_summary(f.drop(columns=["fold", "pair"]).to_dict("records"), n_boot=2000)
+               for pair, f in frame.groupby("pair")}
+    return {
+        "model": run.name,
+        "available": True,
+        "units": "bits",
+        "per_fold": per_fold,
+        "summary": summary,
+        "fusion_weights": [{"fold": i["fold"], **i.get("fusion_weights", {})} for i in run.folds],
+        "held_out_pid_score": [{"fold": i["fold"], "score": i.get("pid_score")} for i in run.folds],
+        "note": ("Atoms of the fold models' latents about age; the interval is across folds, which "
+                 "share training participants, so it shows stability, not sampling uncertainty "
+                 "(docs/stats.md, docs/pid.md)."),
+    }
+
+
+def age_summary(participants: pd.DataFrame) -> dict:
+    """Cohort description for metrics.json."""
+    age = participants["age"].to_numpy(float)
+    return {
+        "n": len(participants),
+        "n_controls": int(participants["is_control"].sum()),
+        "age_min": float(np.min(age)), "age_max": float(np.max(age)),
+        "age_mean": float(np.mean(age)),
+        "groups": participants["group"].value_counts().to_dict(),
+        "sites": participants["site"].value_counts().to_dict(),
+        "sex": participants["sex"].astype(str).value_counts().to_dict(),
+    }

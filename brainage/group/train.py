@@ -1,0 +1,154 @@
+"""``group --train``: cohort → cross-validation → tables → the primary model's bundle.
+
+:func:`train_group` is the one function the command line and the demo call.
+It reads the derivatives (:func:`brainage.cohort.data.load_cohort`),
+cross-validates every configured model (:mod:`brainage.group.cv`), writes the
+tables of ``OUTPUT_DIR/group/`` and retrains the primary model on all controls
+into ``OUTPUT_DIR/group/model/`` together with its ComBat models, its age-bias
+correction (fitted on the controls' out-of-fold predictions) and the exact
+input specification, so that ``group --model`` can apply it to a new cohort.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cv import cross_validate, fit_correction, fit_harmonizers, harmonize, model_modalities
+from .outputs import group_dir, write_json, write_table
+from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pid_report, predictions_table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroupOutputs", "control_labels_present", "train_group"]
+
+BUNDLE_KIND = "brainage-group-model"
+
+
+@dataclass
+class GroupOutputs:
+    """Where the group level wrote what, and its headline numbers."""
+
+    directory: Path
+    files: dict = field(default_factory=dict)
+    headline: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def control_labels_present(participants) -> list[str]:
+    """Return the group labels of the controls in this cohort (the comparisons' reference)."""
+    return sorted(participants.loc[participants["is_control"], "group"].astype(str).unique())
+
+
+def _exclusions(cohort):
+    return cohort.exclusions.reset_index(drop=True)
+
+
+def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: dict) -> dict:
+    """Write predictions, exclusions, metrics and groups; return the paths."""
+    files = {
+        "predictions": write_table(table.drop(columns=["is_control"]), out / "predictions.tsv"),
+        "exclusions": write_table(_exclusions(cohort), out / "exclusions.tsv"),
+    }
+    prim = table[table["model"] == primary]
+    groups = groups_table(prim, reference=control_labels_present(cohort.participants))
+    files["groups"] = write_table(groups, out / "groups.tsv")
+    metrics = {
+        "cohort": age_summary(cohort.participants),
+        "n_excluded": int(cohort.exclusions["participant_id"].nunique()) if len(cohort.exclusions) else 0,
+        "primary_model": primary,
+        "note": NOT_ACCURACY,
+        **extra_metrics,
+        "models": metrics_report(table, runs),
+    }
+    files["metrics"] = write_json(metrics, out / "metrics.json")
+    return files
+
+
+def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupOutputs:
+    """Cross-validate the configured models on a cohort and bundle the primary one.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        The raw BIDS dataset (``participants.tsv``).
+    output_dir : path-like
+        The derivatives root written by the participant level.
+    config : brainage.config.PipelineConfig
+        The pipeline configuration; its ``group`` section drives everything.
+    device : str
+        Device of the neural models.
+
+    Returns
+    -------
+    GroupOutputs
+
+    Raises
+    ------
+    GroupLevelError
+        When the cohort cannot be used (too few controls, a tiny site under
+        ComBat, no participant left after exclusions), with what to change.
+    """
+    from ..cohort.data import load_cohort
+    from ..estimators.bundle import save_bundle
+    from ..provenance import software_versions
+
+    start = time.perf_counter()
+    cfg = config.group
+    out = group_dir(output_dir)
+    cohort = load_cohort(bids_dir, output_dir, cfg)
+    logger.info("group level: %d participants (%d controls), %d exclusion rows",
+                len(cohort.participants), int(cohort.participants["is_control"].sum()),
+                len(cohort.exclusions))
+    result = cross_validate(cohort, cfg, device=device)
+    table = predictions_table(cohort.participants, result.runs)
+    primary = cfg.primary_model
+    files = write_common(out, cohort, table, result.runs, primary, {"cv": result.settings})
+    files["pid"] = write_json(pid_report(result.runs[primary]), out / "pid.json")
+
+    # The primary model retrained on all controls, with the correction fitted on their
+    # out-of-fold predictions (from models that never saw them).
+    parts = cohort.participants
+    controls = parts.index[parts["is_control"].to_numpy(dtype=bool)]
+    mods = model_modalities(primary, cohort)
+    run = result.runs[primary]
+    usable = [k for k in controls if k in run.predictions.index]
+    harm = fit_harmonizers(cohort, usable, cfg.combat, mods)
+    from ..estimators.registry import make_estimator
+
+    est = make_estimator(primary, modalities=mods, params=dict(cfg.model_params.get(primary, {})),
+                         random_state=cfg.cv.seed, device=device)
+    y = parts.loc[usable, "age"].to_numpy(float)
+    t0 = time.perf_counter()
+    est.fit(harmonize(cohort, usable, harm, cfg.combat.batch, mods), y)
+    final_seconds = time.perf_counter() - t0
+    corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),
+                          parts.loc[usable, "site"].to_numpy())
+    extra = {
+        "kind": BUNDLE_KIND,
+        "model": primary,
+        "modalities": mods,
+        "input_spec": cohort.spec,
+        "combat": {m: h.to_dict() for m, h in harm.items()},
+        "combat_settings": cfg.combat.model_dump(mode="json"),
+        "bias_correction": corr.to_dict(),
+        "group_config": cfg.model_dump(mode="json"),
+        "trained_on": {**age_summary(parts.loc[usable]), "fit_seconds": final_seconds},
+        "cross_validation": {"settings": result.settings,
+                             "uncorrected": _headline(table, primary)},
+        "versions": software_versions(),
+    }
+    files["model"] = save_bundle(est, out / "model", extra_json=extra)
+    headline = _headline(table, primary)
+    return GroupOutputs(directory=out, files=files, headline=headline,
+                        seconds=time.perf_counter() - start)
+
+
+def _headline(table, model: str) -> dict:
+    from ..stats.metrics import brain_age_metrics
+
+    t = table[(table["model"] == model) & table["is_control"]]
+    m = brain_age_metrics(t["age"], t["predicted_age"])
+    return {k: m[k] for k in ("n", "mae", "r", "gap_age_slope", "age_min", "age_max")}
