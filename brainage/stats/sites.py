@@ -9,6 +9,7 @@ Paule–Mandel as an option), reporting the heterogeneity Q, τ² and I²
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -80,7 +81,12 @@ class SiteComparison:
 def _pool(effect: np.ndarray, se: np.ndarray, method: str, alpha: float) -> dict:
     """Random-effects pooling of ``effect`` with standard errors ``se``."""
     var = se**2
-    res = combine_effects(effect, var, method_re=method, use_t=False)
+    with warnings.catch_warnings():
+        # With Q < k - 1 statsmodels' unclipped DL τ² is negative and its random-effects
+        # standard errors are sqrt(negative): NaN with a RuntimeWarning. They are replaced
+        # by the fixed-effect ones below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = combine_effects(effect, var, method_re=method, use_t=False)
     k = effect.size
     q = float(res.q)
     tau2 = float(res.tau2)

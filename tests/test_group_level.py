@@ -1,0 +1,160 @@
+"""End to end: `brainage BIDS OUT group --train`, then `group --model` on a new cohort.
+
+The derivatives are written directly (the tables the participant stages write), with
+regional volumes and connectivity that follow age, so that the test runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.anat.outputs import atlas_entities, output_entities
+from brainage.bids import derivative_path
+from brainage.cli import main
+
+from .conftest import write_bids_dataset
+
+ATLAS = "HarvardOxford"
+REGIONS = [(1, "Left_Frontal_Pole"), (2, "Right_Frontal_Pole"), (3, "Left_Insular_Cortex"),
+           (4, "Right_Insular_Cortex"), (5, "Left_Superior_Frontal_Gyrus")]
+CONFIG = """\
+name: grouptest
+group:
+  inputs:
+    anat: {kind: regional, atlas: HarvardOxford}
+    func: {kind: connectivity, atlas: HarvardOxford}
+  models: [ridge, pidreg]
+  primary_model: pidreg
+  model_params:
+    pidreg: {max_epochs: 25, latent_dim: 4, hidden: [16], batch_size: 64}
+  cv: {n_splits: 3, inner_splits: 3, seed: 0}
+"""
+
+
+def write_cohort(root, *, n=42, seed=0, sites=("siteA", "siteB"), regions=REGIONS, gap=6.0):
+    """A BIDS dataset (participants.tsv) and derivatives whose features follow brain age."""
+    rng = np.random.default_rng(seed)
+    bids = write_bids_dataset(root / "bids", {}, participants=False)
+    deriv = bids / "derivatives" / "brainage"
+    age = rng.uniform(20, 80, n).round(1)
+    patient = rng.random(n) < 0.3
+    sex = rng.choice(["F", "M"], n)
+    lines = ["participant_id\tage\tsex\tsite\tgroup"]
+    for i in range(n):
+        label = f"{i + 1:02d}"
+        site = sites[i % len(sites)]
+        lines.append(f"sub-{label}\t{age[i]}\t{sex[i]}\t{site}\t{'patient' if patient[i] else 'control'}")
+        brain = age[i] + gap * patient[i]
+        ents = {"subject": label}
+        gm = [8.0 - 0.04 * brain + rng.normal(0, 0.15) for _ in regions]
+        table = pd.DataFrame({"index": [k for k, _ in regions], "name": [nm for _, nm in regions],
+                              "hemisphere": "left", "lobe": "frontal", "gm_volume_ml": gm})
+        path = derivative_path(deriv, **ents, **atlas_entities(ATLAS))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, sep="\t", index=False)
+        out = output_entities(2.0)
+        tissue = pd.DataFrame([{"gm_ml": 700 - 2.0 * brain + rng.normal(0, 10), "wm_ml": 500.0,
+                                "csf_ml": 250 + 2.0 * brain, "tiv_ml": 1450 + rng.normal(0, 30),
+                                "ventricles_ml": 10 + 0.5 * brain + rng.normal(0, 2)}])
+        tissue.to_csv(derivative_path(deriv, **ents, **out["tissue_morph"]), sep="\t", index=False)
+        derivative_path(deriv, **ents, **out["qc"]).write_text(
+            json.dumps({"registration_similarity": 0.9, "registration_ok": True, "flags": []}))
+        names = [nm for _, nm in regions]
+        k = len(names)
+        mat = np.zeros((k, k))
+        for a in range(k):
+            for b in range(a + 1, k):
+                mat[a, b] = mat[b, a] = 0.8 - 0.006 * brain + rng.normal(0, 0.08)
+        fe = {**ents, "task": "rest", "datatype": "func"}
+        qc = derivative_path(deriv, **fe, desc="qc", suffix="bold", extension=".json")
+        qc.parent.mkdir(parents=True, exist_ok=True)
+        qc.write_text(json.dumps({"mean_fd": 0.2, "percent_scrubbed": 5.0, "flags": []}))
+        frame = pd.DataFrame(mat, index=names, columns=names)
+        frame.index.name = "name"
+        frame.to_csv(derivative_path(deriv, **fe, atlas=ATLAS, meas="FisherZ", suffix="relmat",
+                                     extension=".tsv"), sep="\t")
+    (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
+    return bids, deriv
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train")
+    bids, deriv = write_cohort(root)
+    config = root / "group.yaml"
+    config.write_text(CONFIG)
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config)])
+    return code, bids, deriv
+
+
+def test_train_writes_every_output(trained):
+    code, bids, deriv = trained
+    assert code == 0
+    out = deriv / "group"
+    for name in ("predictions", "exclusions", "groups"):
+        assert (out / f"{name}.tsv").is_file() and (out / f"{name}.json").is_file()
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    people = pd.read_csv(bids / "participants.tsv", sep="\t")
+    assert set(pred["model"]) == {"ridge", "pidreg"}
+    assert len(pred) == 2 * len(people)
+    sidecar = json.loads((out / "predictions.json").read_text())
+    assert set(pred.columns) <= set(sidecar)
+    controls = pred[(pred["group"] == "control")]
+    assert (controls["n_models"] == 1).all() and set(controls["fold"]) == {0, 1, 2}
+    assert (pred.loc[pred["group"] == "patient", "n_models"] == 3).all()
+    assert {"predicted_age_anat", "predicted_age_func"} <= set(pred.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    ridge = metrics["models"]["ridge"]["controls"]
+    # the features follow age closely: the cross-validated ridge is far better than the mean
+    assert ridge["uncorrected"]["mae"] < 6.0
+    assert ridge["uncorrected"]["mae_ci_low"] < ridge["uncorrected"]["mae"] < ridge["uncorrected"]["mae_ci_high"]
+    assert len(ridge["per_fold"]) == 3
+    assert "not accuracy" in metrics["note"]
+    groups = pd.read_csv(out / "groups.tsv", sep="\t")
+    overall = groups[groups["scope"] == "all"].iloc[0]
+    assert overall["group"] == "patient" and overall["ci_low"] < overall["mean_gap"] < overall["ci_high"]
+    assert {"site siteA", "site siteB", "pooled"} <= set(groups["scope"])
+    pid = json.loads((out / "pid.json").read_text())
+    assert pid["available"] and pid["units"] == "bits" and len(pid["per_fold"]) == 3
+    assert (out / "model" / "extra.json").is_file()
+
+
+def test_bundle_predicts_a_new_cohort(trained, tmp_path):
+    _, _, deriv = trained
+    bids2, deriv2 = write_cohort(tmp_path, n=30, seed=1)
+    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
+    assert code == 0
+    pred = pd.read_csv(deriv2 / "group" / "predictions.tsv", sep="\t")
+    assert len(pred) == 30 and set(pred["fold"]) == {"bundle"} and set(pred["model"]) == {"pidreg"}
+    metrics = json.loads((deriv2 / "group" / "metrics.json").read_text())
+    assert metrics["applied_bundle"]["model"] == "pidreg"
+    assert np.isfinite(metrics["models"]["pidreg"]["controls"]["uncorrected"]["mae"])
+
+
+def test_bundle_refuses_other_features(trained, tmp_path, capsys):
+    _, _, deriv = trained
+    bids2, deriv2 = write_cohort(tmp_path, n=20, seed=2, regions=REGIONS[:4])
+    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "1 feature(s) of the bundle are missing (HarvardOxford_5)" in err
+
+
+def test_corrupt_bundle_is_a_usage_error(trained, tmp_path, capsys):
+    import shutil
+
+    _, _, deriv = trained
+    bad = tmp_path / "model"
+    shutil.copytree(deriv / "group" / "model", bad)
+    (bad / "extra.json").write_text((bad / "extra.json").read_text()[:-20])
+    bids2, deriv2 = write_cohort(tmp_path, n=20, seed=3)
+    code = main([str(bids2), str(deriv2), "group", "--model", str(bad)])
+    assert code == 2
+    assert "extra.json" in capsys.readouterr().err
