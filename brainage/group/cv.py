@@ -154,11 +154,34 @@ def harmonize(cohort, keys, harmonizers: dict, batch: str, modalities) -> dict:
 
 
 # ------------------------------------------------------------------ one fit
+#: Fraction of the training participants held out for early stopping, and the fewest that
+#: make a usable validation set; below that, neural models train for their max_epochs.
+VALIDATION_FRACTION, MIN_VALIDATION = 0.15, 10
+
+
+def validation_split(y: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of an age-stratified early-stopping set inside the training participants.
+
+    Every ``1 / VALIDATION_FRACTION``-th participant in age order (random start), so the
+    set spans the age range; empty when it would hold fewer than ``MIN_VALIDATION``
+    participants (a handful of validation losses picks a random epoch: with 22 training
+    controls a 10 % split holds 2 participants, and early stopping restored the initial
+    weights).
+    """
+    n_val = round(VALIDATION_FRACTION * len(y))
+    if n_val < MIN_VALIDATION:
+        return np.array([], dtype=int)
+    order = np.argsort(y, kind="stable")
+    step = len(y) / n_val
+    start = np.random.default_rng(seed).uniform(0, step)
+    return np.sort(order[np.floor(start + step * np.arange(n_val)).astype(int)])
+
+
 def _fit(name, modalities, params, seed, device, X, y):
     from ..estimators.registry import make_estimator
 
     est = make_estimator(name, modalities=modalities, params=params, random_state=seed, device=device)
-    return est.fit(X, y)
+    return est.fit(X, y, validation_idx=validation_split(y, seed))
 
 
 def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device) -> np.ndarray:

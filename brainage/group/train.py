@@ -16,7 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cv import cross_validate, fit_correction, fit_harmonizers, harmonize, model_modalities
+from .cv import (
+    cross_validate,
+    fit_correction,
+    fit_harmonizers,
+    harmonize,
+    model_modalities,
+    validation_split,
+)
 from .outputs import group_dir, write_json, write_table
 from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pid_report, predictions_table
 
@@ -122,7 +129,8 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
                          random_state=cfg.cv.seed, device=device)
     y = parts.loc[usable, "age"].to_numpy(float)
     t0 = time.perf_counter()
-    est.fit(harmonize(cohort, usable, harm, cfg.combat.batch, mods), y)
+    est.fit(harmonize(cohort, usable, harm, cfg.combat.batch, mods), y,
+            validation_idx=validation_split(y, cfg.cv.seed))
     final_seconds = time.perf_counter() - t0
     corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),
                           parts.loc[usable, "site"].to_numpy())
