@@ -58,7 +58,8 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
 def group_summary(outputs) -> list[str]:
     """Console lines: where each output is, and the primary model's uncorrected accuracy."""
     h = outputs.headline
-    lines = [f"group level ({outputs.seconds:.0f} s): {outputs.directory}"]
+    state = ", up to date: same inputs, configuration and code" if outputs.up_to_date else ""
+    lines = [f"group level ({outputs.seconds:.0f} s{state}): {outputs.directory}"]
     if h:
         lines.append(
             f"  controls out of sample (n = {h['n']}, ages {h['age_min']:.0f}-{h['age_max']:.0f}): "

@@ -158,3 +158,28 @@ def test_corrupt_bundle_is_a_usage_error(trained, tmp_path, capsys):
     code = main([str(bids2), str(deriv2), "group", "--model", str(bad)])
     assert code == 2
     assert "extra.json" in capsys.readouterr().err
+
+
+def test_rerun_reuses_unchanged_results_and_redoes_changed_ones(tmp_path, capsys):
+    bids, deriv = write_cohort(tmp_path, n=36, seed=4)
+    config = tmp_path / "group.yaml"
+    config.write_text(CONFIG.replace("models: [ridge, pidreg]", "models: [ridge]")
+                      .replace("primary_model: pidreg", "primary_model: ridge")
+                      .replace("    pidreg: {max_epochs: 25, latent_dim: 4, hidden: [16], batch_size: 64}\n", "")
+                      .replace("  model_params:\n", ""))
+    argv = [str(bids), str(deriv), "group", "--train", "--config-file", str(config)]
+    assert main(argv) == 0
+    predictions = deriv / "group" / "predictions.tsv"
+    first = predictions.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert predictions.stat().st_mtime_ns == first
+    # one participant's regional volumes change: everything is redone
+    table = next((deriv / "sub-01" / "anat").glob("*_desc-gm_morph.tsv"))
+    frame = pd.read_csv(table, sep="\t")
+    frame["gm_volume_ml"] += 1.0
+    frame.to_csv(table, sep="\t", index=False)
+    assert main(argv) == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert predictions.stat().st_mtime_ns != first

@@ -127,6 +127,7 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
 
     table_all = predictions_table(parts, runs)
     out = group_dir(output_dir)
+    (out / "provenance.json").unlink(missing_ok=True)  # these are no longer a training's outputs
     files = write_common(out, cohort, table_all, runs, name, {
         "applied_bundle": {"path": str(Path(bundle).resolve()), "model": name,
                            "trained_on": extra.get("trained_on"),

@@ -42,6 +42,52 @@ class GroupOutputs:
     files: dict = field(default_factory=dict)
     headline: dict = field(default_factory=dict)
     seconds: float = 0.0
+    up_to_date: bool = False
+
+
+def cohort_fingerprint(cohort, cfg) -> str:
+    """Hash of everything the training results depend on.
+
+    The participants table, every modality's features (or, for maps, each file's path, size
+    and modification time: hashing thousands of volumes would cost more than it saves), the
+    ``group`` configuration, the brainage version and the source of the code that trains
+    (:func:`brainage.provenance.code_digest`).
+    """
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    from ..provenance import code_digest, fingerprint
+
+    def frame_hash(frame) -> str:
+        return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()
+                              + "|".join(map(str, frame.columns)).encode()).hexdigest()
+
+    inputs = [{"sha256": "participants:" + frame_hash(cohort.participants.astype(str))}]
+    for name, inp in sorted(cohort.inputs.items()):
+        if inp.features is not None:
+            inputs.append({"sha256": f"{name}:" + frame_hash(inp.features)})
+        else:
+            stats = [[p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
+                     for p in inp.paths.to_numpy(dtype=object).ravel()]
+            digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+            inputs.append({"sha256": f"{name}:maps:" + digest})
+    return fingerprint("group", cfg.model_dump(mode="json"), inputs, {},
+                       code=code_digest("brainage.group.train"))
+
+
+def _reuse(out: Path, fp: str) -> GroupOutputs | None:
+    from ..provenance import read_record
+
+    record = read_record(out / "provenance.json")
+    if not record or record.get("fingerprint") != fp:
+        return None
+    files = {k: Path(v) for k, v in record.get("files", {}).items()}
+    if not files or not all(p.exists() for p in files.values()):
+        return None
+    return GroupOutputs(directory=out, files=files, headline=record.get("headline", {}),
+                        up_to_date=True)
 
 
 def control_labels_present(participants) -> list[str]:
@@ -106,6 +152,13 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     cfg = config.group
     out = group_dir(output_dir)
     cohort = load_cohort(bids_dir, output_dir, cfg)
+    fp = cohort_fingerprint(cohort, cfg)
+    reused = _reuse(out, fp)
+    if reused is not None:
+        logger.info("group level up to date (same inputs, configuration and code): %s", out)
+        reused.seconds = time.perf_counter() - start
+        return reused
+    (out / "provenance.json").unlink(missing_ok=True)
     logger.info("group level: %d participants (%d controls), %d exclusion rows",
                 len(cohort.participants), int(cohort.participants["is_control"].sum()),
                 len(cohort.exclusions))
@@ -150,8 +203,10 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     }
     files["model"] = save_bundle(est, out / "model", extra_json=extra)
     headline = _headline(table, primary)
-    return GroupOutputs(directory=out, files=files, headline=headline,
-                        seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
+                "seconds": seconds, "versions": software_versions()}, out / "provenance.json")
+    return GroupOutputs(directory=out, files=files, headline=headline, seconds=seconds)
 
 
 def _headline(table, model: str) -> dict:
