@@ -121,3 +121,35 @@ def test_precomputed_folds_must_leave_patients_out(cohort):
     bad = np.zeros(len(cohort.participants), dtype=int)
     with pytest.raises(GroupLevelError, match="-1 for everyone else"):
         cross_validate(cohort, group_cfg(), folds=bad)
+
+
+def test_validation_split_spans_ages_and_is_empty_when_tiny():
+    from brainage.group.cv import validation_split
+
+    y = np.linspace(20, 80, 200)
+    val = validation_split(y, seed=0)
+    assert len(val) == 30 and len(set(val)) == 30
+    assert y[val].min() < 23 and y[val].max() > 77          # spans the age range
+    assert (validation_split(y, seed=0) == val).all()
+    assert len(validation_split(np.linspace(20, 80, 40), seed=0)) == 0   # 6 would be too few
+
+
+def test_groups_table_leaves_out_a_confounded_site():
+    import pandas as pd
+
+    from brainage.group.summary import groups_table
+
+    rng = np.random.default_rng(0)
+    n = 60
+    group = np.where(np.arange(n) < 20, "patient", "control")
+    table = pd.DataFrame({
+        "gap_corrected": rng.normal(0, 3, n) + 4.0 * (group == "patient"),
+        "group": group, "age": rng.uniform(20, 80, n), "sex": rng.choice(["F", "M"], n),
+        "site": np.where(group == "patient", "siteP", rng.choice(["siteA", "siteB"], n)),
+        "is_control": group == "control",
+    })
+    out = groups_table(table, reference=["control"])
+    overall = out[out["scope"] == "all"].iloc[0]
+    assert overall["group"] == "patient" and np.isfinite(overall["mean_gap"])
+    assert "site left out: confounded" in overall["note"]
+    assert "C(site)" not in overall["model"]

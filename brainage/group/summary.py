@@ -141,11 +141,7 @@ def groups_table(primary: pd.DataFrame, *, reference) -> pd.DataFrame:
         return pd.DataFrame([{"scope": "all", "note": "no participants outside the control group"}],
                             columns=_GROUP_ORDER)
     table = primary[["gap_corrected", "group", "age", "sex", "site"]]
-    try:
-        overall = compare_groups(table, reference=tuple(reference))
-        rows.append(overall.assign(scope="all"))
-    except StatsInputError as exc:
-        rows.append(pd.DataFrame([{"scope": "all", "note": str(exc)}]))
+    rows.append(_overall(table, tuple(reference)))
     if primary["site"].nunique() > 1:
         try:
             sites = per_site(table, reference=tuple(reference))
@@ -156,6 +152,32 @@ def groups_table(primary: pd.DataFrame, *, reference) -> pd.DataFrame:
             rows.append(pd.DataFrame([{"scope": "per site", "note": str(exc)}]))
     out = pd.concat(rows, ignore_index=True)
     return out.reindex(columns=_GROUP_ORDER)
+
+
+def _overall(table: pd.DataFrame, reference: tuple) -> pd.DataFrame:
+    """Compare groups on all participants; leave out a covariate confounded with group, and say so.
+
+    With covariates ``age, age², sex, site``, a design where site or sex is confounded with
+    group (every patient from one site) cannot be fitted; the comparison is then repeated
+    without site, then without sex, and the row's note names what was left out.
+    """
+    attempts = [("age", "age2", "sex", "site"), ("age", "age2", "sex"), ("age", "age2")]
+    first_error = None
+    for covariates in attempts:
+        try:
+            result = compare_groups(table, reference=reference, covariates=covariates)
+        except StatsInputError as exc:
+            if "rank-deficient" not in str(exc):
+                return pd.DataFrame([{"scope": "all", "note": str(exc)}])
+            first_error = first_error or exc
+            continue
+        note = ""
+        if first_error is not None:
+            left_out = sorted(set(attempts[0]) - set(covariates))
+            note = (f"{', '.join(left_out)} left out: confounded with group or another covariate "
+                    "(the full design was rank-deficient)")
+        return result.assign(scope="all", note=note)
+    return pd.DataFrame([{"scope": "all", "note": str(first_error)}])
 
 
 def pid_report(run) -> dict:
