@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_write_tsv",
+    "jsonable",
     "save_nifti",
 ]
 
@@ -102,6 +103,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(obj):
+    """Return ``obj`` as plain JSON data: numpy scalars and arrays as Python, NaN and inf as ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> jsonable({"a": np.float32(1.5), "b": [np.nan, np.int64(2)]})
+    {'a': 1.5, 'b': [None, 2]}
+    """
+    import math
+    from collections.abc import Mapping
+
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays and scalars
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

@@ -163,7 +163,7 @@ def test_refuses_tampered_extra(bundle_with_extra, name):
 
 
 def test_refuses_truncated_extra_arrays_even_with_a_matching_checksum(bundle_with_extra):
-    from brainage.estimators.bundle import _sha256
+    from brainage.provenance import sha256_file as _sha256
 
     f = bundle_with_extra / "extra.safetensors"
     f.write_bytes(f.read_bytes()[:40])

@@ -217,8 +217,8 @@ def test_bundle_round_trip_predicts_identically_without_pickle(kind, fitted, tes
 def test_bundle_refuses_arrays_of_the_wrong_shape(fitted, tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from brainage.estimators.bundle import _sha256
     from brainage.exceptions import ModelBundleError
+    from brainage.provenance import sha256_file as _sha256
 
     path = save_bundle(fitted["ridge"], tmp_path / "model")
     arrays = load_file(str(path / "model.safetensors"))

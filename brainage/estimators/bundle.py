@@ -32,7 +32,6 @@ ClassicalRegressor, the ``extra_files`` checksums in config.json and the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -45,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from brainage.exceptions import ModelBundleError, UsageError
+from brainage.io import jsonable
+from brainage.provenance import sha256_file
 
 __all__ = [
     "FORMAT_NAME",
@@ -65,30 +66,8 @@ _REEXPORT = "re-export the model with save_bundle() (estimator.save())"
 _RECOPY = "copy the bundle again from its source"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def _dumps(data: Mapping, *, sort_keys: bool = True) -> str:
-    return json.dumps(_jsonable(data), indent=2, sort_keys=sort_keys, allow_nan=False)
+    return json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, allow_nan=False)
 
 
 def _versions() -> dict:
@@ -288,16 +267,16 @@ def save_bundle(estimator, path, *, extra_json: dict | None = None,
             from safetensors.numpy import save_file as save_numpy
 
             save_numpy(extra_arr, str(tmp / _EXTRA_ARRAYS), metadata=header)
-            extra_files[_EXTRA_ARRAYS] = _sha256(tmp / _EXTRA_ARRAYS)
+            extra_files[_EXTRA_ARRAYS] = sha256_file(tmp / _EXTRA_ARRAYS)
         if extra_text is not None:
             (tmp / _EXTRA_JSON).write_text(extra_text)
-            extra_files[_EXTRA_JSON] = _sha256(tmp / _EXTRA_JSON)
+            extra_files[_EXTRA_JSON] = sha256_file(tmp / _EXTRA_JSON)
         config = {
             **header,
             "estimator": name,
             "params": estimator.get_params(deep=False),
             **config_fields,
-            "weights_sha256": _sha256(tmp / _WEIGHTS),
+            "weights_sha256": sha256_file(tmp / _WEIGHTS),
             "extra_files": extra_files,
         }
         meta = {"versions": _versions(), "training_data": estimator.training_summary_, **meta_fields}
@@ -372,7 +351,7 @@ def _verify_extra_files(path: Path, cfg: dict) -> dict:
         if not file.is_file():
             raise ModelBundleError(file, "is missing (config.json records it)",
                                    "copy the whole bundle folder")
-        if _sha256(file) != recorded[name]:
+        if sha256_file(file) != recorded[name]:
             raise ModelBundleError(
                 file, "does not match the checksum recorded in config.json (modified or truncated)",
                 _RECOPY,
@@ -462,7 +441,7 @@ def load_bundle(path):
     weights = path / _WEIGHTS
     if not weights.is_file():
         raise ModelBundleError(weights, "is missing", "copy the whole bundle folder")
-    if _sha256(weights) != cfg.get("weights_sha256"):
+    if sha256_file(weights) != cfg.get("weights_sha256"):
         raise ModelBundleError(
             weights, "does not match the checksum recorded in config.json (modified or "
             "truncated)", _RECOPY,

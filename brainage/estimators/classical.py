@@ -57,6 +57,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from brainage.estimators.persistence import BundleIO
 from brainage.exceptions import UsageError
 
 __all__ = ["CLASSICAL_KINDS", "DEFAULT_ALPHAS", "MAX_GPR_COMPONENTS", "ClassicalRegressor"]
@@ -108,7 +109,7 @@ def _as_tabular(name: str, value, role: str) -> np.ndarray:
     return arr
 
 
-class ClassicalRegressor(RegressorMixin, BaseEstimator):
+class ClassicalRegressor(BundleIO, RegressorMixin, BaseEstimator):
     """Ridge regression or a Gaussian process on the concatenated tabular features of the modalities.
 
     Parameters
@@ -472,18 +473,3 @@ class ClassicalRegressor(RegressorMixin, BaseEstimator):
         self.training_summary_ = dict(training_summary or {})
         return self
 
-    def save(self, path) -> None:
-        """Write a model bundle (safetensors arrays + JSON); see :mod:`brainage.estimators.bundle`."""
-        from brainage.estimators.bundle import save_bundle
-
-        save_bundle(self, path)
-
-    @classmethod
-    def load(cls, path) -> ClassicalRegressor:
-        """Read a model bundle written by :meth:`save`."""
-        from brainage.estimators.bundle import load_bundle
-
-        est = load_bundle(path)
-        if not isinstance(est, cls):
-            raise UsageError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
-        return est

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from brainage.estimators.persistence import BundleIO
 from brainage.exceptions import UsageError
 
 __all__ = ["PIDRegressor", "latent_gaussianity"]
@@ -69,7 +70,7 @@ def latent_gaussianity(latent: np.ndarray, *, max_samples: int = 5000, seed: int
     }
 
 
-class PIDRegressor(RegressorMixin, BaseEstimator):
+class PIDRegressor(BundleIO, RegressorMixin, BaseEstimator):
     """Multimodal regressor with PID-weighted fusion (PIDReg).
 
     Parameters
@@ -493,20 +494,3 @@ class PIDRegressor(RegressorMixin, BaseEstimator):
                                            n_boot=n_boot, random_state=random_state)
             for p, q in self.model_.pairs
         }
-
-    # -------------------------------------------------------------- persistence
-    def save(self, path) -> None:
-        """Write a model bundle (safetensors weights + JSON); see :mod:`brainage.estimators.bundle`."""
-        from brainage.estimators.bundle import save_bundle
-
-        save_bundle(self, path)
-
-    @classmethod
-    def load(cls, path) -> PIDRegressor:
-        """Read a model bundle written by :meth:`save`."""
-        from brainage.estimators.bundle import load_bundle
-
-        est = load_bundle(path)
-        if not isinstance(est, cls):
-            raise UsageError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
-        return est

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ..io import atomic_write_json, atomic_write_tsv
+from ..io import atomic_write_json, atomic_write_tsv, jsonable
 
 __all__ = ["COLUMNS", "group_dir", "jsonable", "write_json", "write_table"]
 
@@ -103,21 +102,6 @@ def write_table(frame: pd.DataFrame, path) -> Path:
             out[c] = out[c].round(6)
     atomic_write_json(path.with_suffix(".json"), {c: _describe(c) for c in out.columns})
     return atomic_write_tsv(path, out)
-
-
-def jsonable(obj):
-    """Return ``obj`` with numpy scalars and arrays as plain Python, and NaN/inf as ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def write_json(data, path) -> Path:
