@@ -152,4 +152,5 @@ def test_groups_table_leaves_out_a_confounded_site():
     overall = out[out["scope"] == "all"].iloc[0]
     assert overall["group"] == "patient" and np.isfinite(overall["mean_gap"])
     assert "site left out: confounded" in overall["note"]
+    assert overall["n"] == 20
     assert "C(site)" not in overall["model"]

@@ -150,8 +150,10 @@ def groups_table(primary: pd.DataFrame, *, reference) -> pd.DataFrame:
             rows.append(pooled)
         except StatsInputError as exc:
             rows.append(pd.DataFrame([{"scope": "per site", "note": str(exc)}]))
-    out = pd.concat(rows, ignore_index=True)
-    return out.reindex(columns=_GROUP_ORDER)
+    out = pd.concat(rows, ignore_index=True).reindex(columns=_GROUP_ORDER)
+    for col in ("n", "k_sites"):  # counts, shown without a decimal point next to n/a rows
+        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+    return out
 
 
 def _overall(table: pd.DataFrame, reference: tuple) -> pd.DataFrame:
