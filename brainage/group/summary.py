@@ -204,9 +204,11 @@ def pid_report(run) -> dict:
         "summary": summary,
         "fusion_weights": [{"fold": i["fold"], **i.get("fusion_weights", {})} for i in run.folds],
         "held_out_pid_score": [{"fold": i["fold"], "score": i.get("pid_score")} for i in run.folds],
-        "note": ("Atoms of the fold models' latents about age; the interval is across folds, which "
-                 "share training participants, so it shows stability, not sampling uncertainty "
-                 "(docs/stats.md, docs/pid.md)."),
+        "note": ("Atoms of each fold model's latents about age, estimated on its training "
+                 "participants (in sample: with few of them they overestimate the information); "
+                 "held_out_pid_score is the out-of-sample check. The interval is across folds, "
+                 "which share training participants, so it shows stability, not sampling "
+                 "uncertainty (docs/stats.md, docs/pid.md)."),
     }
 
 
