@@ -209,8 +209,11 @@ class FuncConfig(_Section):
 ANAT_MAPS = ("GM_modulated", "GM", "WM", "CSF", "T1w")
 #: Maps of the functional stage a ``kind: maps`` input may name (``desc-<name>_boldmap``).
 FUNC_MAPS = ("alff", "falff", "reho", "dmn")
-#: Fixed model names; ``unimodal_<modality>`` is allowed for every key of ``group.inputs``.
+#: Fixed model names; ``unimodal_<modality>``, ``ridge_<modality>`` and ``gpr_<modality>``
+#: (one modality alone) are allowed for every key of ``group.inputs``.
 MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion", "ridge", "gpr")
+#: Prefixes of the one-modality models.
+PER_MODALITY_PREFIXES = ("unimodal_", "ridge_", "gpr_")
 #: Models that fuse modalities and so need at least two inputs.
 FUSION_MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 _INPUT_KEYS = {
@@ -481,21 +484,22 @@ class GroupConfig(_Section):
         inputs = info.data.get("inputs")
         if inputs is None:  # inputs invalid: reported on its own
             return value
-        allowed = [*MODELS, *(f"unimodal_{m}" for m in inputs)]
+        allowed = [*MODELS, *(f"{p}{m}" for p in PER_MODALITY_PREFIXES for m in inputs)]
         if not value:
             raise ValueError(f"needs at least one model (allowed: {', '.join(allowed)}); got []")
         for name in value:
-            modality = name.removeprefix("unimodal_")
-            if name.startswith("unimodal_") and modality not in inputs:
+            prefix = next((p for p in PER_MODALITY_PREFIXES if name.startswith(p)), None)
+            modality = name.removeprefix(prefix) if prefix else name
+            if prefix and name not in MODELS and modality not in inputs:
                 raise ValueError(
                     f"{name!r}: {modality!r} is not a modality of group.inputs "
-                    f"({', '.join(inputs)}); {_suggest(modality, inputs)}use unimodal_<modality> "
+                    f"({', '.join(inputs)}); {_suggest(modality, inputs)}use {prefix}<modality> "
                     f"with one of them; got {name!r}"
                 )
             if name not in allowed:
                 raise ValueError(
                     f"unknown model {name!r}; {_suggest(name, allowed)}allowed models: "
-                    f"{', '.join(allowed)} (unimodal_<modality> for each key of group.inputs); "
+                    f"{', '.join(allowed)} (unimodal_, ridge_, gpr_<modality> for each key of group.inputs); "
                     f"got {name!r}"
                 )
             if name in FUSION_MODELS and len(inputs) < 2:

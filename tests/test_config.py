@@ -107,7 +107,8 @@ def test_demo_group_models_build_with_their_params():
     from brainage.estimators import registry
 
     group = load_config("demo").group
-    assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion", "ridge"]
+    assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion", "ridge",
+                            "ridge_anat"]
     assert (group.cv.n_splits, group.cv.inner_splits) == (5, 3)
     # small networks that a 2-core laptop trains in the demo's minutes (bench/results/group.json)
     assert group.model_params["pidreg"]["max_epochs"] <= 200
@@ -134,6 +135,9 @@ def test_demo_group_models_build_with_their_params():
         pytest.param({"models": ["ridge", "unimodal_fucn"], "primary_model": "ridge"},
                      r"group\.models: 'unimodal_fucn': 'fucn' is not a modality of group\.inputs "
                      r"\(anat, func\); did you mean 'func'\?", id="unimodal-unknown-modality"),
+        pytest.param({"models": ["ridge", "ridge_fucn"], "primary_model": "ridge"},
+                     r"group\.models: 'ridge_fucn': 'fucn' is not a modality of group\.inputs "
+                     r"\(anat, func\); did you mean 'func'\? use ridge_<modality>", id="ridge-unknown-modality"),
         pytest.param({"models": ["ridge", "gpr"]},
                      r"group\.primary_model: 'pidreg' is not in group\.models \(ridge, gpr\); "
                      r"add it to models or pick one of them; got 'pidreg'$", id="primary-not-in-models"),

@@ -32,15 +32,25 @@ def data():
 
 
 def _params(name):
-    return {} if name in ("ridge", "gpr") else dict(SMALL)
+    return {} if name.split("_")[0] in ("ridge", "gpr") else dict(SMALL)
 
 
 def test_available_models():
     assert NAMES == ["pidreg", "pidreg_faithful", "unimodal_anat", "unimodal_func", "early_fusion",
-                     "late_fusion", "ridge", "gpr"]
+                     "late_fusion", "ridge", "gpr", "ridge_anat", "ridge_func", "gpr_anat", "gpr_func"]
     assert available_models(["anat"]) == ["unimodal_anat", "ridge", "gpr"]
-    documented = {n if not n.startswith("unimodal_") else "unimodal_<modality>" for n in NAMES}
+    documented = {n if n.removesuffix("_anat").removesuffix("_func") == n else
+                  n.rsplit("_", 1)[0] + "_<modality>" for n in NAMES}
     assert documented == set(MODEL_NAMES)
+
+
+def test_per_modality_classical_models_use_one_modality():
+    est = make_estimator("ridge_func", modalities=MODS)
+    assert (est.kind, est.modalities) == ("ridge", ["func"])
+    assert make_estimator("gpr_anat", modalities=MODS).modalities == ["anat"]
+    assert make_estimator("ridge", modalities=MODS).modalities == MODS
+    # the group level passes a one-modality model only its own modality
+    assert make_estimator("ridge_anat", modalities=["anat"]).modalities == ["anat"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ Names (the ``group.models`` list of a pipeline configuration):
 ``late_fusion``          BaselineRegressor ``(kind="late")``: latents concatenated
 ``ridge``                :class:`~brainage.estimators.classical.ClassicalRegressor` ``("ridge")``
 ``gpr``                  ClassicalRegressor ``("gpr")``: Gaussian process on PCA components
+``ridge_<modality>``     ridge on one modality alone (with two or more modalities)
+``gpr_<modality>``       GPR on one modality alone (with two or more modalities)
 =======================  ==================================================================
 
 ``pidreg``, ``pidreg_faithful``, ``early_fusion`` and ``late_fusion`` need two
@@ -40,6 +42,8 @@ MODEL_NAMES: dict[str, str] = {
     "late_fusion": "BaselineRegressor(kind='late'): one encoder per modality, latents concatenated",
     "ridge": "ClassicalRegressor('ridge'): RidgeCV on the standardised concatenated features",
     "gpr": "ClassicalRegressor('gpr'): Gaussian process (RBF + white noise) on PCA components",
+    "ridge_<modality>": "ClassicalRegressor('ridge', modalities=[<modality>])",
+    "gpr_<modality>": "ClassicalRegressor('gpr', modalities=[<modality>])",
 }
 _MULTIMODAL = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 #: Constructor arguments fixed by the name or by make_estimator's own arguments.
@@ -77,7 +81,7 @@ def available_models(modalities: Sequence[str]) -> list[str]:
     --------
     >>> available_models(["anat", "func"])  # doctest: +NORMALIZE_WHITESPACE
     ['pidreg', 'pidreg_faithful', 'unimodal_anat', 'unimodal_func', 'early_fusion',
-     'late_fusion', 'ridge', 'gpr']
+     'late_fusion', 'ridge', 'gpr', 'ridge_anat', 'ridge_func', 'gpr_anat', 'gpr_func']
     >>> available_models(["anat"])
     ['unimodal_anat', 'ridge', 'gpr']
     """
@@ -86,7 +90,8 @@ def available_models(modalities: Sequence[str]) -> list[str]:
     names = ["pidreg", "pidreg_faithful"] if multi else []
     names += [f"unimodal_{m}" for m in mods]
     names += ["early_fusion", "late_fusion"] if multi else []
-    return [*names, "ridge", "gpr"]
+    per_modality = [f"{kind}_{m}" for kind in ("ridge", "gpr") for m in mods] if multi else []
+    return [*names, "ridge", "gpr", *per_modality]
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -163,12 +168,16 @@ def make_estimator(
     'anat'
     """
     mods = _check_modalities(modalities)
-    if not isinstance(name, str) or name not in available_models(mods):
+    one_modality = isinstance(name, str) and name.split("_", 1)[0] in ("ridge", "gpr") and (
+        name.split("_", 1)[-1] in mods)  # ridge_<m> / gpr_<m>, also when m is the only modality
+    if not isinstance(name, str) or (name not in available_models(mods) and not one_modality):
         raise _unknown_name(str(name), mods)
-    if name in ("ridge", "gpr"):
+    kind = name.split("_", 1)[0]
+    if kind in ("ridge", "gpr"):
         from brainage.estimators.classical import ClassicalRegressor
 
-        cls, fixed = ClassicalRegressor, {"kind": name, "modalities": mods, "random_state": random_state}
+        use = mods if name == kind else [name.split("_", 1)[1]]
+        cls, fixed = ClassicalRegressor, {"kind": kind, "modalities": use, "random_state": random_state}
     elif name.startswith("pidreg"):
         from brainage.estimators.regressor import PIDRegressor
 

@@ -286,8 +286,9 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun
 
 def model_modalities(name: str, cohort) -> list[str]:
     """Return the modalities a model of the comparison uses."""
-    if name.startswith("unimodal_"):
-        return [name.removeprefix("unimodal_")]
+    for prefix in ("unimodal_", "ridge_", "gpr_"):
+        if name.startswith(prefix) and name.removeprefix(prefix) in cohort.inputs:
+            return [name.removeprefix(prefix)]
     return list(cohort.inputs)
 
 
