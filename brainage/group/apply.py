@@ -25,21 +25,14 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import GroupLevelError, ModelBundleError
+from .cv import ModelRun, harmonize
 from .outputs import group_dir, write_json
-from .train import BUNDLE_KIND, GroupOutputs, _headline, write_common
+from .summary import predictions_table
+from .train import BUNDLE_KIND, GroupOutputs, headline_metrics, write_common
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["apply_bundle", "read_group_bundle"]
-
-
-class _AppliedRun:
-    def __init__(self, name, predictions, seconds, n):
-        self.name = name
-        self.predictions = predictions
-        self.folds = []
-        self.fit_seconds = 0.0
-        self.predict_seconds_per_participant = seconds / max(n, 1)
 
 
 def read_group_bundle(path) -> tuple:
@@ -106,7 +99,6 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
                 f"cohort has unseen site(s) {', '.join(unseen)}. Retrain with controls of those sites "
                 "(group --train), or apply a bundle trained with group.combat.enabled: false"
             )
-    from .cv import harmonize
 
     keys = parts.index.to_numpy(dtype=object)
     t0 = time.perf_counter()
@@ -122,9 +114,8 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     for m, p in by_mod.items():
         frame[f"predicted_age_{m}"] = p
     name = extra["model"]
-    runs = {name: _AppliedRun(name, frame, seconds, len(keys))}
-    from .summary import predictions_table
-
+    runs = {name: ModelRun(name=name, predictions=frame,
+                           predict_seconds_per_participant=seconds / max(len(keys), 1))}
     table_all = predictions_table(parts, runs)
     out = group_dir(output_dir)
     (out / "provenance.json").unlink(missing_ok=True)  # these are no longer a training's outputs
@@ -136,5 +127,5 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     files["applied"] = write_json({"bundle": str(Path(bundle).resolve()), "model": name,
                                    "n_predicted": len(keys),
                                    "mean_predicted_age": float(np.mean(pred))}, out / "applied.json")
-    return GroupOutputs(directory=out, files=files, headline=_headline(table_all, name),
+    return GroupOutputs(directory=out, files=files, headline=headline_metrics(table_all, name),
                         seconds=time.perf_counter() - start)

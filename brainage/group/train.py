@@ -29,7 +29,7 @@ from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupOutputs", "control_labels_present", "train_group"]
+__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group"]
 
 BUNDLE_KIND = "brainage-group-model"
 
@@ -95,15 +95,11 @@ def control_labels_present(participants) -> list[str]:
     return sorted(participants.loc[participants["is_control"], "group"].astype(str).unique())
 
 
-def _exclusions(cohort):
-    return cohort.exclusions.reset_index(drop=True)
-
-
 def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: dict) -> dict:
     """Write predictions, exclusions, metrics and groups; return the paths."""
     files = {
         "predictions": write_table(table.drop(columns=["is_control"]), out / "predictions.tsv"),
-        "exclusions": write_table(_exclusions(cohort), out / "exclusions.tsv"),
+        "exclusions": write_table(cohort.exclusions.reset_index(drop=True), out / "exclusions.tsv"),
     }
     prim = table[table["model"] == primary]
     groups = groups_table(prim, reference=control_labels_present(cohort.participants))
@@ -187,6 +183,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     final_seconds = time.perf_counter() - t0
     corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),
                           parts.loc[usable, "site"].to_numpy())
+    headline = headline_metrics(table, primary)
     extra = {
         "kind": BUNDLE_KIND,
         "model": primary,
@@ -197,19 +194,18 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
         "bias_correction": corr.to_dict(),
         "group_config": cfg.model_dump(mode="json"),
         "trained_on": {**age_summary(parts.loc[usable]), "fit_seconds": final_seconds},
-        "cross_validation": {"settings": result.settings,
-                             "uncorrected": _headline(table, primary)},
+        "cross_validation": {"settings": result.settings, "uncorrected": headline},
         "versions": software_versions(),
     }
     files["model"] = save_bundle(est, out / "model", extra_json=extra)
-    headline = _headline(table, primary)
     seconds = time.perf_counter() - start
     write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
                 "seconds": seconds, "versions": software_versions()}, out / "provenance.json")
     return GroupOutputs(directory=out, files=files, headline=headline, seconds=seconds)
 
 
-def _headline(table, model: str) -> dict:
+def headline_metrics(table, model: str) -> dict:
+    """Return the uncorrected out-of-sample accuracy of one model's controls (the console line)."""
     from ..stats.metrics import brain_age_metrics
 
     t = table[(table["model"] == model) & table["is_control"]]
