@@ -64,6 +64,10 @@ class StatsInputError(BrainageError, ValueError):
     """
 
 
+class RankDeficientDesignError(StatsInputError):
+    """A model's design matrix is rank-deficient: a covariate is confounded with another term."""
+
+
 class GroupLevelError(UsageError):
     """The cohort cannot be used at the group level as given.
 

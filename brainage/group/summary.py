@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..exceptions import StatsInputError
+from ..exceptions import RankDeficientDesignError, StatsInputError
 from ..stats.atoms import pid_summary
 from ..stats.groups import compare_groups
 from ..stats.metrics import bootstrap_metrics, brain_age_metrics
@@ -168,11 +168,11 @@ def _overall(table: pd.DataFrame, reference: tuple) -> pd.DataFrame:
     for covariates in attempts:
         try:
             result = compare_groups(table, reference=reference, covariates=covariates)
-        except StatsInputError as exc:
-            if "rank-deficient" not in str(exc):
-                return pd.DataFrame([{"scope": "all", "note": str(exc)}])
+        except RankDeficientDesignError as exc:
             first_error = first_error or exc
             continue
+        except StatsInputError as exc:
+            return pd.DataFrame([{"scope": "all", "note": str(exc)}])
         note = ""
         if first_error is not None:
             left_out = sorted(set(attempts[0]) - set(covariates))

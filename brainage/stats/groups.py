@@ -41,7 +41,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from ..exceptions import StatsInputError
+from ..exceptions import RankDeficientDesignError, StatsInputError
 from ._validate import as_1d_float, as_labels
 
 __all__ = ["GROUP_COLUMNS", "cohens_d", "compare_groups"]
@@ -356,7 +356,7 @@ def _fit(prep: dict, alpha: float) -> tuple[pd.DataFrame, dict]:
         u, s, _ = np.linalg.svd(model.exog, full_matrices=False)
         rank = int((s > s[0] * max(model.exog.shape) * np.finfo(float).eps).sum())
         if rank < n_par:
-            raise StatsInputError(
+            raise RankDeficientDesignError(
                 f"covariates: the design is rank-deficient (rank {rank} of {n_par} columns) in {formula}; "
                 "a covariate is confounded with group or with another covariate "
                 "(e.g. every participant of a group from one site); drop that covariate"
