@@ -38,12 +38,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS dataset")
     parser.add_argument("--derivatives", type=Path, help="default: BIDS/derivatives/brainage")
-    parser.add_argument("--config", default="demo")
+    parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
+    parser.add_argument("--models", help="comma-separated subset of the config's models")
+    parser.add_argument("--name", default="group", help="results file bench/results/<name>.json")
     args = parser.parse_args()
     bids = args.bids.resolve()
     deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
     truth = json.loads((bids / "sourcedata" / "brainage-truth" / "truth.json").read_text())
     config = load_config(args.config)
+    if args.models:
+        keep = args.models.split(",")
+        config.group.models = [m for m in config.group.models if m in keep]
+        config.group.model_params = {k: v for k, v in config.group.model_params.items() if k in keep}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "derivatives"
         shutil.copytree(deriv, scratch, copy_function=os.symlink,
@@ -74,27 +80,38 @@ def main() -> int:
             "mae_over_oracle": u["mae"] / truth["oracle_mae_sample_controls_years"],
             **m["cost"],
         }
-    atoms = None
+    atoms = held_out = None
     if pid.get("available"):
         summary = next(iter(pid["summary"].values()))
         atoms = {a: {"estimate": summary[a]["mean"], "ci": [summary[a]["ci_low"], summary[a]["ci_high"]],
                      "truth": truth["pid_bits"][a], "error": summary[a]["mean"] - truth["pid_bits"][a]}
                  for a in ("U1", "U2", "R", "S")}
+        ho = pid.get("held_out")
+        if ho:
+            held_out = {a: {"estimate": ho[a], "ci": [ho.get(f"{a}_ci_low"), ho.get(f"{a}_ci_high")],
+                            "truth": truth["pid_bits"][a], "error": ho[a] - truth["pid_bits"][a]}
+                        for a in ("U1", "U2", "R", "S")}
     figures = {
         "cohort": metrics["cohort"], "config": args.config, "cv": metrics.get("cv"),
         "oracle_mae_sample_controls": truth["oracle_mae_sample_controls_years"],
         "oracle_mae_population": truth["oracle_mae_years"],
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "models": models, "patient_gap_primary": gap, "pid_primary": atoms,
+        "models": models, "patient_gap_primary": gap,
+        "pid_primary_held_out": held_out, "pid_primary_in_sample_fold_mean": atoms,
+        "group_config": config.group.model_dump(mode="json"),
     }
     for name, m in models.items():
         print(f"{name:16s} MAE {m['mae']:6.2f} (oracle x{m['mae_over_oracle']:.1f})  r {m['r']:5.2f}  "
               f"slope {m['gap_age_slope']:5.2f} -> {m['gap_age_slope_corrected']:5.2f}  "
               f"fit {m['fit_seconds']:6.1f} s")
     print(f"patient gap: {gap}")
+    for label, block in (("held-out", held_out), ("in-sample", atoms)):
+        if block:
+            print(f"PID {label}: " + ", ".join(f"{a} {v['estimate']:.2f} (truth {v['truth']:.2f})"
+                                               for a, v in block.items()))
     print(f"wall {wall:.0f} s, peak RSS {figures['peak_rss_mb']} MB")
-    print(f"wrote {write_result('group', figures)}")
+    print(f"wrote {write_result(args.name, figures)}")
     return 0
 
 

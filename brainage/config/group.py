@@ -46,8 +46,8 @@ PER_MODALITY_PREFIXES = ("unimodal_", "ridge_", "gpr_")
 #: Models that fuse modalities and so need at least two inputs.
 FUSION_MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 _INPUT_KEYS = {
-    "regional": ("kind", "atlas", "tissue"),
-    "connectivity": ("kind", "atlas"),
+    "regional": ("kind", "atlas", "tissue", "pca"),
+    "connectivity": ("kind", "atlas", "pca"),
     "maps": ("kind", "maps", "resolution"),
 }
 #: Kinds a modality called ``anat`` / ``func`` may have (other names may have any kind).
@@ -97,7 +97,9 @@ class GroupInputConfig(_Section):
     tissue totals and TIV with ``tissue: true``), ``kind: connectivity`` (the
     functional stage's Fisher-z connectivity matrix of ``atlas``) or ``kind:
     maps`` (paths of MNI-space maps at the ``resolution`` grid, read by the 3D
-    encoders).
+    encoders). A tabular input may set ``pca: K``: its z-scored features are
+    reduced to ``K`` principal components fitted on each training fold
+    (:mod:`brainage.group.transforms`).
     """
 
     kind: Literal["regional", "connectivity", "maps"]
@@ -115,6 +117,11 @@ class GroupInputConfig(_Section):
     )
     resolution: float | None = Field(
         default=None, gt=0, le=6, description="maps: MNI grid (mm) of the maps (the `res-` entity)."
+    )
+    pca: int | None = Field(
+        default=None, ge=1,
+        description="regional, connectivity: reduce the z-scored features to this many principal "
+        "components, fitted on each training fold (none: keep every feature).",
     )
 
     @field_validator("atlas")
@@ -171,7 +178,7 @@ class GroupInputConfig(_Section):
                 f"{', '.join(stray)} does not apply to kind {self.kind!r} (keys of a "
                 f"{self.kind} input: {', '.join(keys)}); got {', '.join(stray)}"
             )
-        needed = [k for k in keys if k != "tissue" and getattr(self, k) is None]
+        needed = [k for k in keys if k not in ("tissue", "pca") and getattr(self, k) is None]
         if needed:
             example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]",
                        "resolution": "resolution: 2.0"}
@@ -184,7 +191,8 @@ class GroupInputConfig(_Section):
     @model_serializer(mode="wrap")
     def _only_keys_of_kind(self, handler: Any) -> dict:
         data = handler(self)
-        return {k: v for k, v in data.items() if k in _INPUT_KEYS[self.kind]}
+        return {k: v for k, v in data.items()
+                if k in _INPUT_KEYS[self.kind] and not (k == "pca" and v is None)}
 
     @property
     def stage(self) -> str:

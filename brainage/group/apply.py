@@ -1,7 +1,8 @@
 """``group --model BUNDLE``: apply a trained group-level model to a new cohort, without fitting.
 
-The bundle carries everything fitted at training: the estimator, one ComBat
-model per harmonized modality, the age-bias correction and the exact input
+The bundle carries everything fitted at training: the estimator, the feature
+transforms (one ComBat model per harmonized modality, the principal components
+of reduced inputs), the age-bias correction and the exact input
 specification (modalities, kinds, atlases, resolutions, feature names). The
 new cohort's derivatives must provide exactly those inputs
 (:func:`brainage.cohort.data.load_cohort` with ``spec=``), or the run stops
@@ -25,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import GroupLevelError, ModelBundleError
-from .cv import ModelRun, harmonize
+from .cv import ModelRun
 from .outputs import group_dir, write_json
 from .summary import predictions_table
 from .train import BUNDLE_KIND, GroupOutputs, headline_metrics, write_common
+from .transforms import FeatureTransforms
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ __all__ = ["apply_bundle", "read_group_bundle"]
 
 
 def read_group_bundle(path) -> tuple:
-    """Load a group-level bundle: (estimator, extra JSON).
+    """Load a group-level bundle: (estimator, extra JSON, feature transforms).
 
     Raises
     ------
@@ -46,13 +48,18 @@ def read_group_bundle(path) -> tuple:
     from ..estimators.bundle import load_bundle, read_bundle_extra
 
     path = Path(path)
-    extra, _ = read_bundle_extra(path)
-    if extra.get("kind") != BUNDLE_KIND:
+    extra, arrays = read_bundle_extra(path)
+    if extra.get("kind") != BUNDLE_KIND or "transforms" not in extra:
         raise ModelBundleError(
-            path, "not a group-level model bundle (no input specification, ComBat or bias correction)",
+            path, "not a group-level model bundle (no input specification, transforms or bias correction)",
             "pass the model/ folder that `brainage BIDS OUT group --train` wrote under OUT/group/",
         )
-    return load_bundle(path), extra
+    try:
+        transforms = FeatureTransforms.from_bundle(extra["transforms"], arrays)
+    except (GroupLevelError, KeyError, TypeError, ValueError) as exc:
+        raise ModelBundleError(path, f"its feature transforms cannot be read ({exc})",
+                               "retrain with `group --train`, or restore the bundle from a copy") from None
+    return load_bundle(path), extra, transforms
 
 
 def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> GroupOutputs:
@@ -82,16 +89,14 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     from ..config import GroupConfig
     from ..estimators.registry import predict_by_modality
     from ..stats.bias import AgeBiasCorrection
-    from ..stats.harmonize import ComBat
 
     start = time.perf_counter()
-    est, extra = read_group_bundle(bundle)
+    est, extra, transforms = read_group_bundle(bundle)
     cfg = GroupConfig(**extra["group_config"])
     cohort = load_cohort(bids_dir, output_dir, cfg, spec=extra["input_spec"])
     parts = cohort.participants
     mods = list(extra["modalities"])
-    harm = {m: ComBat.from_dict(d) for m, d in extra["combat"].items()}
-    for m, h in harm.items():
+    for m, h in transforms.combat.items():
         unseen = sorted(set(parts[h.batch].astype(str)) - set(map(str, h.batches_)))
         if unseen:
             raise GroupLevelError(
@@ -102,7 +107,7 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
 
     keys = parts.index.to_numpy(dtype=object)
     t0 = time.perf_counter()
-    X = harmonize(cohort, keys, harm, extra["combat_settings"]["batch"], mods)
+    X = transforms.inputs(cohort, keys, mods)
     pred = est.predict(X)
     by_mod = predict_by_modality(est, X)
     seconds = time.perf_counter() - t0

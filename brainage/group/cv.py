@@ -4,14 +4,16 @@ For each model of the comparison and each outer fold ``k`` (folds by
 participant, from :func:`brainage.group.folds.assign_folds`; controls only):
 
 1. the training participants are the controls outside fold ``k``;
-2. ComBat (when enabled) is fitted on them, per tabular modality, and applied
-   unchanged to everyone the fold model predicts;
+2. the feature transforms (:mod:`brainage.group.transforms`: ComBat when
+   enabled, principal components where an input sets ``pca``) are fitted on
+   them, per tabular modality, and applied unchanged to everyone the fold
+   model predicts;
 3. the model is fitted on them (its early-stopping split is drawn inside
    them);
 4. the age-bias correction is fitted on **out-of-sample predictions of the
    training controls**: ``inner_splits`` inner folds of the training
    participants, each predicted by a model fitted on the other inner folds
-   (with its own ComBat), then applied unchanged to fold ``k``;
+   (with its own transforms), then applied unchanged to fold ``k``;
 5. the fold model predicts the held-out controls of fold ``k`` and every
    participant who is not a control (patients are never trained on).
 
@@ -32,12 +34,12 @@ import pandas as pd
 
 from ..exceptions import GroupLevelError, StatsInputError
 from ..stats.bias import AgeBiasCorrection
-from ..stats.harmonize import ComBat
 from .folds import NOT_IN_FOLDS, assign_folds
+from .transforms import FeatureTransforms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CVResult", "ModelRun", "cross_validate", "fit_harmonizers", "harmonize"]
+__all__ = ["CVResult", "ModelRun", "cross_validate"]
 
 
 @dataclass
@@ -76,81 +78,6 @@ class CVResult:
     folds: pd.Series
     runs: dict
     settings: dict
-
-
-# --------------------------------------------------------------------- ComBat
-def _combat_covariates(participants: pd.DataFrame, batch: str) -> tuple[pd.DataFrame, tuple]:
-    cov = participants[[batch, "age", "sex"]].copy()
-    preserve = tuple(c for c in ("age", "sex") if cov[c].nunique(dropna=True) > 1)
-    return cov, preserve
-
-
-def fit_harmonizers(cohort, keys, combat_cfg, modalities) -> dict:
-    """Fit one ComBat per tabular modality on the participants ``keys``.
-
-    Parameters
-    ----------
-    cohort : brainage.cohort.data.CohortData
-    keys : sequence of str
-        Training participants.
-    combat_cfg
-        ``config.group.combat``.
-    modalities : sequence of str
-        Modalities the model uses.
-
-    Returns
-    -------
-    dict
-        Modality → fitted :class:`~brainage.stats.harmonize.ComBat` (empty when
-        ComBat is off; maps are not harmonized).
-
-    Raises
-    ------
-    GroupLevelError
-        When ComBat cannot be fitted (a site with fewer than two training
-        participants, a constant feature …), with the fix.
-    """
-    if not combat_cfg.enabled:
-        return {}
-    out = {}
-    cov, preserve = _combat_covariates(cohort.participants.loc[keys], combat_cfg.batch)
-    for m in modalities:
-        inp = cohort.inputs[m]
-        if inp.features is None:
-            continue
-        model = ComBat(batch=combat_cfg.batch, preserve=preserve,
-                       nonlinear=("age",) if combat_cfg.nonlinear_age and "age" in preserve else ())
-        try:
-            out[m] = model.fit(inp.features.loc[keys], cov)
-        except StatsInputError as exc:
-            raise GroupLevelError(
-                f"ComBat on {m} could not be fitted on {len(keys)} training participants: {exc}. "
-                "Merge small sites, or set group.combat.enabled: false"
-            ) from None
-    return out
-
-
-def harmonize(cohort, keys, harmonizers: dict, batch: str, modalities) -> dict:
-    """Return the model inputs of ``keys``: tabular features (harmonized when fitted) or volumes."""
-    X = {}
-    cov = None
-    for m in modalities:
-        inp = cohort.inputs[m]
-        if inp.features is None:
-            from ..training.datasets import volume_dataset
-
-            X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist())
-            continue
-        frame = inp.features.loc[keys]
-        if m in harmonizers:
-            if cov is None:
-                cov, _ = _combat_covariates(cohort.participants.loc[keys], batch)
-            try:
-                frame = harmonizers[m].transform(frame, cov)
-            except StatsInputError as exc:
-                raise GroupLevelError(f"ComBat on {m}: {exc}") from None
-        X[m] = frame.to_numpy(dtype=np.float32)
-    return X
 
 
 # ------------------------------------------------------------------ one fit
@@ -192,11 +119,10 @@ def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device) 
     keys = np.asarray(keys, dtype=object)
     for j in range(cfg.cv.inner_splits):
         tr, te = keys[inner != j], keys[inner == j]
-        harm = fit_harmonizers(cohort, tr, cfg.combat, modalities)
+        tf = FeatureTransforms.fit(cohort, tr, cfg, modalities, seed=seed)
         est = _fit(name, modalities, params, seed + 31 * (j + 1), device,
-                   harmonize(cohort, tr, harm, cfg.combat.batch, modalities),
-                   cohort.participants.loc[tr, "age"].to_numpy(float))
-        out[inner == j] = est.predict(harmonize(cohort, te, harm, cfg.combat.batch, modalities))
+                   tf.inputs(cohort, tr, modalities), cohort.participants.loc[tr, "age"].to_numpy(float))
+        out[inner == j] = est.predict(tf.inputs(cohort, te, modalities))
     return out
 
 
@@ -242,10 +168,9 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun
         train, test = keys[(folds != k) & (folds != NOT_IN_FOLDS)], keys[folds == k]
         target = np.concatenate([test, others])
         t0 = time.perf_counter()
-        harm = fit_harmonizers(cohort, train, cfg.combat, modalities)
+        tf = FeatureTransforms.fit(cohort, train, cfg, modalities, seed=seed)
         y_train = parts.loc[train, "age"].to_numpy(float)
-        est = _fit(name, modalities, params, seed, device,
-                   harmonize(cohort, train, harm, cfg.combat.batch, modalities), y_train)
+        est = _fit(name, modalities, params, seed, device, tf.inputs(cohort, train, modalities), y_train)
         if cfg.bias_correction.method == "none":
             oos = y_train  # unused by the identity correction
         else:
@@ -253,7 +178,7 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun
         corr = fit_correction(cfg, y_train, oos, parts.loc[train, "site"].to_numpy())
         fit_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        X_target = harmonize(cohort, target, harm, cfg.combat.batch, modalities)
+        X_target = tf.inputs(cohort, target, modalities)
         pred = est.predict(X_target)
         predict_seconds += time.perf_counter() - t0
         n_predicted += len(target)
@@ -267,7 +192,8 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun
         n_test = len(test)
         X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
         info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
-                "n_others": len(others), "bias_correction": corr.to_dict()}
+                "n_others": len(others), "transforms": tf.summary(),
+                "bias_correction": corr.to_dict()}
         if n_test and all(isinstance(v, np.ndarray) for v in X_target.values()):
             info.update(_pid_info(est, X_test, parts.loc[test, "age"].to_numpy(float)))
         fold_info.append(info)

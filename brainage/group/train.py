@@ -4,7 +4,7 @@
 It reads the derivatives (:func:`brainage.cohort.data.load_cohort`),
 cross-validates every configured model (:mod:`brainage.group.cv`), writes the
 tables of ``OUTPUT_DIR/group/`` and retrains the primary model on all controls
-into ``OUTPUT_DIR/group/model/`` together with its ComBat models, its age-bias
+into ``OUTPUT_DIR/group/model/`` together with its feature transforms (ComBat, PCA), its age-bias
 correction (fitted on the controls' out-of-fold predictions) and the exact
 input specification, so that ``group --model`` can apply it to a new cohort.
 """
@@ -16,14 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cv import (
-    cross_validate,
-    fit_correction,
-    fit_harmonizers,
-    harmonize,
-    model_modalities,
-    validation_split,
-)
+from .cv import cross_validate, fit_correction, model_modalities, validation_split
 from .outputs import group_dir, write_json, write_table
 from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pid_report, predictions_table
 
@@ -162,7 +155,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     table = predictions_table(cohort.participants, result.runs)
     primary = cfg.primary_model
     files = write_common(out, cohort, table, result.runs, primary, {"cv": result.settings})
-    files["pid"] = write_json(pid_report(result.runs[primary]), out / "pid.json")
+    files["pid"] = write_json(pid_report(result.runs[primary], cohort.participants), out / "pid.json")
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -171,25 +164,27 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     mods = model_modalities(primary, cohort)
     run = result.runs[primary]
     usable = [k for k in controls if k in run.predictions.index]
-    harm = fit_harmonizers(cohort, usable, cfg.combat, mods)
     from ..estimators.registry import make_estimator
+    from .transforms import FeatureTransforms
 
+    tf = FeatureTransforms.fit(cohort, usable, cfg, mods, seed=cfg.cv.seed)
     est = make_estimator(primary, modalities=mods, params=dict(cfg.model_params.get(primary, {})),
                          random_state=cfg.cv.seed, device=device)
     y = parts.loc[usable, "age"].to_numpy(float)
     t0 = time.perf_counter()
-    est.fit(harmonize(cohort, usable, harm, cfg.combat.batch, mods), y,
+    est.fit(tf.inputs(cohort, usable, mods), y,
             validation_idx=validation_split(y, cfg.cv.seed))
     final_seconds = time.perf_counter() - t0
     corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),
                           parts.loc[usable, "site"].to_numpy())
     headline = headline_metrics(table, primary)
+    tf_meta, tf_arrays = tf.to_bundle()
     extra = {
         "kind": BUNDLE_KIND,
         "model": primary,
         "modalities": mods,
         "input_spec": cohort.spec,
-        "combat": {m: h.to_dict() for m, h in harm.items()},
+        "transforms": tf_meta,
         "combat_settings": cfg.combat.model_dump(mode="json"),
         "bias_correction": corr.to_dict(),
         "group_config": cfg.model_dump(mode="json"),
@@ -197,7 +192,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
         "cross_validation": {"settings": result.settings, "uncorrected": headline},
         "versions": software_versions(),
     }
-    files["model"] = save_bundle(est, out / "model", extra_json=extra)
+    files["model"] = save_bundle(est, out / "model", extra_json=extra, extra_arrays=tf_arrays or None)
     seconds = time.perf_counter() - start
     write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
                 "seconds": seconds, "versions": software_versions()}, out / "provenance.json")

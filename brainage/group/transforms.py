@@ -1,0 +1,205 @@
+"""Feature transforms fitted inside a training fold: ComBat, then principal components.
+
+A model of the comparison never sees raw tabular features: each fit first
+fits, on its own training participants only,
+
+1. ComBat per tabular modality (``group.combat.enabled``), then
+2. a principal-component reduction per modality whose input sets ``pca: K``
+   (z-scored features projected on the first ``K`` components).
+
+The fitted transforms are applied unchanged to every participant the model
+predicts, and the ones of the final model travel in the bundle
+(:meth:`FeatureTransforms.to_bundle`). Maps (``kind: maps``) pass through as
+lazily read volume datasets.
+
+Why the reduction: a connectivity matrix of the HarvardOxford atlas has 6,328
+edges, against a hundred-odd regional volumes and a few dozen training
+controls per fold. Concatenated (ridge) the edges swamp the volumes; one MLP
+encoder per modality has more weights than participants. The principal
+components of the edges keep the shared variance (network-wide coupling
+changes, which is what ageing does to connectivity) in a few dozen numbers,
+fitted where a scaler is fitted and so without leakage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..exceptions import GroupLevelError, StatsInputError
+from ..stats.harmonize import ComBat
+
+__all__ = ["FeatureTransforms", "PCAReduction"]
+
+
+@dataclass
+class PCAReduction:
+    """Z-scoring then projection on principal components, fitted on training rows.
+
+    Attributes
+    ----------
+    mean, scale : numpy.ndarray of shape (n_features,)
+        Training mean and standard deviation (1 where constant).
+    components : numpy.ndarray of shape (n_components, n_features)
+        Principal axes of the z-scored training features (scikit-learn's PCA).
+    explained_variance_ratio : numpy.ndarray of shape (n_components,)
+    n_requested : int
+        The configured number; fewer are kept when the training set is smaller.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray
+    explained_variance_ratio: np.ndarray
+    n_requested: int
+
+    @classmethod
+    def fit(cls, X: np.ndarray, n_components: int, seed: int = 0) -> PCAReduction:
+        """Fit on the rows of ``X`` (participants × features)."""
+        from sklearn.decomposition import PCA
+
+        X = np.asarray(X, dtype=float)
+        mean = X.mean(0)
+        sd = X.std(0)
+        scale = np.where(sd > 1e-12, sd, 1.0)
+        k = int(min(n_components, X.shape[0] - 1, X.shape[1]))
+        if k < 1:
+            raise GroupLevelError(f"PCA needs at least two training participants; got {X.shape[0]}")
+        pca = PCA(n_components=k, svd_solver="full", random_state=seed).fit((X - mean) / scale)
+        return cls(mean=mean, scale=scale, components=pca.components_.copy(),
+                   explained_variance_ratio=pca.explained_variance_ratio_.copy(),
+                   n_requested=int(n_components))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Project rows of ``X`` on the fitted components (the training rows' mean is not removed again)."""
+        Z = (np.asarray(X, dtype=float) - self.mean) / self.scale
+        # PCA centres on the mean of the z-scored training rows, which is 0 by construction.
+        return Z @ self.components.T
+
+    def summary(self) -> dict:
+        """Return the sizes and explained variance, for the outputs."""
+        return {"n_requested": self.n_requested, "n_components": len(self.components),
+                "n_features": int(self.components.shape[1]),
+                "explained_variance": float(self.explained_variance_ratio.sum())}
+
+
+def _combat_covariates(participants, batch: str):
+    cov = participants[[batch, "age", "sex"]].copy()
+    preserve = tuple(c for c in ("age", "sex") if cov[c].nunique(dropna=True) > 1)
+    return cov, preserve
+
+
+@dataclass
+class FeatureTransforms:
+    """The transforms of one fit: ComBat and PCA per tabular modality.
+
+    Build with :meth:`fit`; apply with :meth:`inputs`.
+    """
+
+    batch: str = "site"
+    combat: dict = field(default_factory=dict)
+    pca: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, cohort, keys, cfg, modalities, seed: int = 0) -> FeatureTransforms:
+        """Fit every configured transform on the participants ``keys``.
+
+        Parameters
+        ----------
+        cohort : brainage.cohort.data.CohortData
+        keys : sequence of str
+            Training participants.
+        cfg
+            ``config.group`` (its ``combat`` section and each input's ``pca``).
+        modalities : sequence of str
+            Modalities the model uses.
+        seed : int
+            Seed of the PCA solver.
+
+        Raises
+        ------
+        GroupLevelError
+            When ComBat cannot be fitted (a site with fewer than two training
+            participants, a constant feature …), with the fix.
+        """
+        out = cls(batch=cfg.combat.batch)
+        keys = list(keys)
+        cov = None
+        for m in modalities:
+            inp = cohort.inputs[m]
+            if inp.features is None:
+                continue
+            frame = inp.features.loc[keys]
+            if cfg.combat.enabled:
+                if cov is None:
+                    cov, preserve = _combat_covariates(cohort.participants.loc[keys], cfg.combat.batch)
+                nonlinear = ("age",) if cfg.combat.nonlinear_age and "age" in preserve else ()
+                model = ComBat(batch=cfg.combat.batch, preserve=preserve, nonlinear=nonlinear)
+                try:
+                    out.combat[m] = model.fit(frame, cov)
+                except StatsInputError as exc:
+                    raise GroupLevelError(
+                        f"ComBat on {m} could not be fitted on {len(keys)} training participants: "
+                        f"{exc}. Merge small sites, or set group.combat.enabled: false"
+                    ) from None
+                frame = out.combat[m].transform(frame, cov)
+            n_pc = getattr(cfg.inputs.get(m), "pca", None) if m in cfg.inputs else None
+            if n_pc:
+                out.pca[m] = PCAReduction.fit(frame.to_numpy(dtype=float), n_pc, seed=seed)
+        return out
+
+    def inputs(self, cohort, keys, modalities) -> dict:
+        """Return the model inputs of ``keys``: transformed features, or volume datasets for maps."""
+        X = {}
+        cov = None
+        keys = list(keys)
+        for m in modalities:
+            inp = cohort.inputs[m]
+            if inp.features is None:
+                from ..training.datasets import volume_dataset
+
+                X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist())
+                continue
+            frame = inp.features.loc[keys]
+            if m in self.combat:
+                if cov is None:
+                    cov, _ = _combat_covariates(cohort.participants.loc[keys], self.batch)
+                try:
+                    frame = self.combat[m].transform(frame, cov)
+                except StatsInputError as exc:
+                    raise GroupLevelError(f"ComBat on {m}: {exc}") from None
+            values = frame.to_numpy(dtype=float)
+            if m in self.pca:
+                values = self.pca[m].transform(values)
+            X[m] = values.astype(np.float32)
+        return X
+
+    def summary(self) -> dict:
+        """Return what was fitted, for the fold records."""
+        return {"combat": sorted(self.combat), "pca": {m: p.summary() for m, p in self.pca.items()}}
+
+    # ----------------------------------------------------------------- bundle
+    def to_bundle(self) -> tuple[dict, dict]:
+        """Return (JSON, arrays) for the bundle's extra files."""
+        meta = {"batch": self.batch, "combat": {m: h.to_dict() for m, h in self.combat.items()},
+                "pca": {m: p.summary() for m, p in self.pca.items()}}
+        arrays = {}
+        for m, p in self.pca.items():
+            for name in ("mean", "scale", "components", "explained_variance_ratio"):
+                arrays[f"pca.{m}.{name}"] = np.asarray(getattr(p, name), dtype=np.float64)
+        return meta, arrays
+
+    @classmethod
+    def from_bundle(cls, meta: dict, arrays: dict) -> FeatureTransforms:
+        """Rebuild from :meth:`to_bundle`'s output."""
+        out = cls(batch=meta.get("batch", "site"),
+                  combat={m: ComBat.from_dict(d) for m, d in meta.get("combat", {}).items()})
+        for m, info in meta.get("pca", {}).items():
+            try:
+                parts = {n: arrays[f"pca.{m}.{n}"]
+                         for n in ("mean", "scale", "components", "explained_variance_ratio")}
+            except KeyError as exc:
+                raise GroupLevelError(f"the bundle's PCA of {m} lacks array {exc.args[0]}") from None
+            out.pca[m] = PCAReduction(**parts, n_requested=int(info["n_requested"]))
+        return out
