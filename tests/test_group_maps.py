@@ -1,0 +1,107 @@
+"""The 3D CNN path of the group level: MNI maps streamed from disk, trained, bundled and applied.
+
+Tiny volumes (12 × 14 × 12 voxels) whose intensity follows brain age stand in for the
+structural and functional maps, so that cross-validated CNNs train in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.anat.outputs import output_entities
+from brainage.bids import TEMPLATE_SPACE, derivative_path
+from brainage.cli import main
+
+from .test_group_level import write_cohort
+
+SHAPE = (12, 14, 12)
+CONFIG = """\
+name: mapstest
+group:
+  inputs:
+    anat: {kind: maps, maps: [GM_modulated], resolution: 2}
+    func: {kind: maps, maps: [falff], resolution: 4}
+  models: [pidreg, unimodal_anat]
+  primary_model: pidreg
+  model_params:
+    pidreg: {max_epochs: 4, latent_dim: 4, hidden: [8], batch_size: 8, lr: 0.01,
+             encoders: {anat: {channels: [4, 8], final_channels: 8, input_pool: 2},
+                        func: {channels: [4], final_channels: 4}}}
+    unimodal_anat: {max_epochs: 4, latent_dim: 4, hidden: [8], batch_size: 8, lr: 0.01,
+                    encoders: {anat: {channels: [4, 8], final_channels: 8}}}
+  cv: {n_splits: 3, inner_splits: 2, seed: 0}
+"""
+
+
+def write_maps(bids, deriv, *, seed=0):
+    """Write a GM map (res-2) and a fALFF map (res-4) per participant, brighter when younger."""
+    rng = np.random.default_rng(seed)
+    people = pd.read_csv(bids / "participants.tsv", sep="\t")
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    ents = output_entities(2.0)["gm_modulated_mni"]
+    for row in people.itertuples():
+        label = row.participant_id.removeprefix("sub-")
+        brain = row.age + (6.0 if row.group == "patient" else 0.0)
+        gm = (1.0 - brain / 100) + rng.normal(0, 0.05, SHAPE)
+        nib.save(nib.Nifti1Image(gm.astype(np.float32), affine),
+                 derivative_path(deriv, subject=label, **ents))
+        falff = (0.5 - brain / 300) + rng.normal(0, 0.05, SHAPE)
+        path = derivative_path(deriv, subject=label, datatype="func", task="rest", space=TEMPLATE_SPACE,
+                               res="4", desc="falff", suffix="boldmap", extension=".nii.gz")
+        nib.save(nib.Nifti1Image(falff.astype(np.float32), np.diag([4.0, 4.0, 4.0, 1.0])), path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("maps")
+    bids, deriv = write_cohort(root, n=30)
+    write_maps(bids, deriv)
+    config = root / "maps.yaml"
+    config.write_text(CONFIG)
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config)])
+    return code, bids, deriv
+
+
+def test_cnn_models_train_on_maps_out_of_fold(trained):
+    code, bids, deriv = trained
+    assert code == 0
+    out = deriv / "group"
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert set(pred["model"]) == {"pidreg", "unimodal_anat"}
+    controls = pred[pred["group"] == "control"]
+    assert (controls["n_models"] == 1).all() and set(controls["fold"]) == {0, 1, 2}
+    assert np.isfinite(pred["predicted_age"]).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["models"]["pidreg"]["cost"]["fit_seconds"] > 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    specs = json.dumps(config)
+    assert '"sfcn"' in specs and '"input_pool": 2' in specs
+
+
+def test_cnn_bundle_applies_to_new_maps(trained, tmp_path):
+    _, _, deriv = trained
+    bids2, deriv2 = write_cohort(tmp_path, n=12, seed=5)
+    write_maps(bids2, deriv2, seed=5)
+    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
+    assert code == 0
+    pred = pd.read_csv(deriv2 / "group" / "predictions.tsv", sep="\t")
+    assert len(pred) == 12 and np.isfinite(pred["predicted_age"]).all()
+
+
+def test_cnn_bundle_refuses_maps_at_another_resolution(trained, tmp_path, capsys):
+    _, _, deriv = trained
+    bids2, deriv2 = write_cohort(tmp_path, n=12, seed=6)
+    write_maps(bids2, deriv2, seed=6)
+    for path in deriv2.rglob("*res-4_desc-falff_boldmap.nii.gz"):
+        path.rename(path.with_name(path.name.replace("res-4", "res-3")))
+    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
+    assert code == 2
+    assert "res-4" in capsys.readouterr().err
