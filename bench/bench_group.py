@@ -41,15 +41,16 @@ def main() -> int:
     parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
     parser.add_argument("--models", help="comma-separated subset of the config's models")
     parser.add_argument("--name", default="group", help="results file bench/results/<name>.json")
+    parser.add_argument("--keep", type=Path, help="copy the group outputs (with the bundle) here")
     args = parser.parse_args()
     bids = args.bids.resolve()
     deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
     truth = json.loads((bids / "sourcedata" / "brainage-truth" / "truth.json").read_text())
     config = load_config(args.config)
     if args.models:
-        keep = args.models.split(",")
-        config.group.models = [m for m in config.group.models if m in keep]
-        config.group.model_params = {k: v for k, v in config.group.model_params.items() if k in keep}
+        wanted = args.models.split(",")
+        config.group.models = [m for m in config.group.models if m in wanted]
+        config.group.model_params = {k: v for k, v in config.group.model_params.items() if k in wanted}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "derivatives"
         shutil.copytree(deriv, scratch, copy_function=os.symlink,
@@ -63,6 +64,9 @@ def main() -> int:
         import pandas as pd
 
         groups = pd.read_csv(out / "groups.tsv", sep="\t")
+        if args.keep:
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.copytree(out, args.keep)
     overall = groups[groups["scope"] == "all"]
     gap = None
     if len(overall) and pd.notna(overall.iloc[0].get("mean_gap")):

@@ -581,3 +581,22 @@ def test_missing_derivatives_folder_is_a_usage_error(tmp_path):
     write_participants(bids)
     with pytest.raises(GroupLevelError, match=r"derivatives folder .* does not exist"):
         load_cohort(bids, tmp_path / "nothing", _cfg())
+
+
+def test_regional_volumes_as_fractions_of_tiv(dataset):
+    bids, root = dataset
+    for label in PEOPLE:
+        write_anat(root, label)
+        write_func(root, label)
+    raw = load_cohort(bids, root, _cfg())
+    cfg = _cfg(inputs={"anat": {"kind": "regional", "atlas": ATLAS, "normalize": "tiv"},
+                       "func": {"kind": "connectivity", "atlas": ATLAS}})
+    norm = load_cohort(bids, root, cfg)
+    a, b = raw.inputs["anat"].features, norm.inputs["anat"].features
+    assert list(a.columns) == list(b.columns)
+    tiv = a["tiv_ml"]
+    np.testing.assert_allclose(b["tiv_ml"], tiv)
+    for col in [c for c in a.columns if c != "tiv_ml"]:
+        np.testing.assert_allclose(b[col], a[col] / tiv)
+    assert norm.spec["inputs"]["anat"]["normalize"] == "tiv"
+    assert "normalize" not in raw.spec["inputs"]["anat"]

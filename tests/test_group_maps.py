@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
 
 
 def test_cnn_models_train_on_maps_out_of_fold(trained):
-    code, bids, deriv = trained
+    code, _, deriv = trained
     assert code == 0
     out = deriv / "group"
     pred = pd.read_csv(out / "predictions.tsv", sep="\t")

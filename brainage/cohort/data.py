@@ -234,7 +234,8 @@ def _stage_problem(root: Path, label: str, stage: str, cache: dict) -> tuple[str
 
 def _read(root: Path, unit: Unit, spec, qc) -> readers.Read:
     if spec.kind == "regional":
-        return readers.read_regional(root, unit.label, unit.session, spec.atlas, spec.tissue)
+        return readers.read_regional(root, unit.label, unit.session, spec.atlas, spec.tissue,
+                                     spec.normalize)
     if spec.kind == "connectivity":
         return readers.read_connectivity(root, unit.label, unit.session, spec.atlas, qc)
     return readers.read_maps(root, unit.label, unit.session, spec, qc)

@@ -169,12 +169,15 @@ def registration_similarity(root, label: str, session: str | None = None):
         return None, path
 
 
-def read_regional(root, label: str, session: str | None, atlas: str, tissue: bool) -> Read:
+def read_regional(root, label: str, session: str | None, atlas: str, tissue: bool,
+                  normalize: str = "none") -> Read:
     """Regional GM volumes of ``atlas`` (and tissue totals) of one participant.
 
     Features are named ``<atlas>_<region index>`` (the atlas' integer label,
     stable when region names are edited) after, with ``tissue``, the
-    :data:`TISSUE_COLUMNS`.
+    :data:`TISSUE_COLUMNS`. With ``normalize="tiv"`` every volume except
+    ``tiv_ml`` itself is divided by the participant's total intracranial volume
+    (the proportional head-size correction), so the features are fractions of TIV.
     """
     table_path = _anat_path(root, label, session, atlas_entities(atlas))
     tissue_path = _anat_path(root, label, session, output_entities()["tissue_morph"])
@@ -209,30 +212,45 @@ def read_regional(root, label: str, session: str | None, atlas: str, tissue: boo
         n = int((~np.isfinite(volumes)).sum())
         return _bad(table_path, f"{n} region volume(s) are n/a")
     names = [f"{atlas}_{int(i)}" for i in index]
-    values = [volumes]
-    if tissue:
-        if not tissue_path.is_file():
-            return Read(problem=f"no tissue table ({tissue_path}); rerun the participant level "
-                        "(or set tissue: false for this input)", category="no tissue table")
-        totals = _read_tsv(tissue_path)
-        if isinstance(totals, str):
-            return _bad(tissue_path, totals)
-        header, body = totals
-        absent = [c for c in TISSUE_COLUMNS if c not in header]
-        if absent:
-            return _bad(tissue_path, f"no column(s) {', '.join(absent)} "
-                        f"(found: {', '.join(header) or 'none'})")
-        if len(body) != 1:
-            return _bad(tissue_path, f"expected one row, found {len(body)}")
-        try:
-            row = _floats(body[0][header.index(c)] for c in TISSUE_COLUMNS)
-        except ValueError:
-            return _bad(tissue_path, "non-numeric tissue volumes")
-        if not np.all(np.isfinite(row)):
-            return _bad(tissue_path, "tissue volumes are n/a")
-        names = [*TISSUE_COLUMNS, *names]
-        values = [row, volumes]
-    return Read(values=np.concatenate(values), names=tuple(names))
+    if not tissue and normalize == "none":
+        return Read(values=volumes, names=tuple(names))
+    totals = _read_totals(tissue_path, why="set tissue: false for this input" if normalize == "none"
+                          else "set normalize: none and tissue: false for this input")
+    if isinstance(totals, Read):
+        return totals
+    if normalize == "tiv":
+        tiv = totals[TISSUE_COLUMNS.index("tiv_ml")]
+        if not tiv > 0:
+            return _bad(tissue_path, f"tiv_ml is {tiv}, so volumes cannot be divided by it")
+        volumes = volumes / tiv
+        totals = np.where(np.array(TISSUE_COLUMNS) == "tiv_ml", totals, totals / tiv)
+    if not tissue:
+        return Read(values=volumes, names=tuple(names))
+    return Read(values=np.concatenate([totals, volumes]), names=(*TISSUE_COLUMNS, *names))
+
+
+def _read_totals(tissue_path: Path, why: str) -> np.ndarray | Read:
+    """Return the :data:`TISSUE_COLUMNS` of a tissue table, or the Read that says what is wrong."""
+    if not tissue_path.is_file():
+        return Read(problem=f"no tissue table ({tissue_path}); rerun the participant level "
+                    f"(or {why})", category="no tissue table")
+    totals = _read_tsv(tissue_path)
+    if isinstance(totals, str):
+        return _bad(tissue_path, totals)
+    header, body = totals
+    absent = [c for c in TISSUE_COLUMNS if c not in header]
+    if absent:
+        return _bad(tissue_path, f"no column(s) {', '.join(absent)} "
+                    f"(found: {', '.join(header) or 'none'})")
+    if len(body) != 1:
+        return _bad(tissue_path, f"expected one row, found {len(body)}")
+    try:
+        row = _floats(body[0][header.index(c)] for c in TISSUE_COLUMNS)
+    except ValueError:
+        return _bad(tissue_path, "non-numeric tissue volumes")
+    if not np.all(np.isfinite(row)):
+        return _bad(tissue_path, "tissue volumes are n/a")
+    return row
 
 
 # --------------------------------------------------------------------------- func

@@ -27,6 +27,8 @@ def input_spec(cfg) -> dict:
         spec.update(atlas=cfg.atlas, resolution=None)
         if cfg.kind == "regional":
             spec["tissue"] = bool(cfg.tissue)
+            if cfg.normalize != "none":
+                spec["normalize"] = cfg.normalize
     return spec
 
 

@@ -46,7 +46,7 @@ PER_MODALITY_PREFIXES = ("unimodal_", "ridge_", "gpr_")
 #: Models that fuse modalities and so need at least two inputs.
 FUSION_MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 _INPUT_KEYS = {
-    "regional": ("kind", "atlas", "tissue", "pca"),
+    "regional": ("kind", "atlas", "tissue", "normalize", "pca"),
     "connectivity": ("kind", "atlas", "pca"),
     "maps": ("kind", "maps", "resolution"),
 }
@@ -118,6 +118,11 @@ class GroupInputConfig(_Section):
     resolution: float | None = Field(
         default=None, gt=0, le=6, description="maps: MNI grid (mm) of the maps (the `res-` entity)."
     )
+    normalize: Literal["none", "tiv"] = Field(
+        default="none",
+        description="regional: divide every volume but tiv_ml by the participant's TIV "
+        "(proportional head-size correction), or keep millilitres.",
+    )
     pca: int | None = Field(
         default=None, ge=1,
         description="regional, connectivity: reduce the z-scored features to this many principal "
@@ -178,7 +183,7 @@ class GroupInputConfig(_Section):
                 f"{', '.join(stray)} does not apply to kind {self.kind!r} (keys of a "
                 f"{self.kind} input: {', '.join(keys)}); got {', '.join(stray)}"
             )
-        needed = [k for k in keys if k not in ("tissue", "pca") and getattr(self, k) is None]
+        needed = [k for k in keys if k not in ("tissue", "normalize", "pca") and getattr(self, k) is None]
         if needed:
             example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]",
                        "resolution": "resolution: 2.0"}
@@ -192,7 +197,8 @@ class GroupInputConfig(_Section):
     def _only_keys_of_kind(self, handler: Any) -> dict:
         data = handler(self)
         return {k: v for k, v in data.items()
-                if k in _INPUT_KEYS[self.kind] and not (k == "pca" and v is None)}
+                if k in _INPUT_KEYS[self.kind] and not (k == "pca" and v is None)
+                and not (k == "normalize" and v == "none")}
 
     @property
     def stage(self) -> str:
