@@ -217,6 +217,43 @@ def region_kind_indices(table) -> dict:
     }
 
 
+def regional_weight_of(table, regional_weights) -> np.ndarray:
+    """Multiplier of the grey-matter loss of every atlas label (before smoothing).
+
+    Labels of a region kind named in ``regional_weights`` (see
+    :func:`region_kind_indices`) get its weight, a later kind winning over an
+    earlier one; every other label gets 1. :func:`load_templates` paints these
+    values on the atlas labels and smooths them (σ = 3 mm).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Atlas label table.
+    regional_weights : tuple of (str, float)
+        Grey-matter loss multipliers per region kind.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        One weight per row of ``table``.
+
+    Raises
+    ------
+    ProcessingError
+        If a region kind is unknown.
+    """
+    kinds = region_kind_indices(table)
+    out = np.ones(len(table), np.float32)
+    idx = table["index"].to_numpy()
+    for kind, weight in regional_weights:
+        if kind not in kinds:
+            raise ProcessingError(
+                f"unknown region kind {kind!r} in regional_weights; use frontal, insula, hippocampus"
+            )
+        out[np.isin(idx, kinds[kind])] = weight
+    return out
+
+
 def _resample(img, affine, shape, order: int):
     """Resample a nibabel image onto a grid (nilearn, no warnings)."""
     from nilearn.image import resample_img
@@ -293,13 +330,9 @@ def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) ->
             "pick an atlas with subcortical labels such as HarvardOxford"
         )
     ventricle_distance = ndimage.distance_transform_edt(~ventricles, sampling=resolution)
-    weights = np.ones(shape, np.float32)
-    for kind, weight in regional_weights:
-        if kind not in kinds:
-            raise ProcessingError(
-                f"unknown region kind {kind!r} in regional_weights; use frontal, insula, hippocampus"
-            )
-        weights[np.isin(labels, kinds[kind])] = weight
+    lut = np.ones(max(int(labels.max()), int(table["index"].max())) + 1, np.float32)
+    lut[table["index"].to_numpy()] = regional_weight_of(table, regional_weights)
+    weights = np.where(labels >= 0, lut[np.clip(labels, 0, None)], np.float32(1.0))
     weights = ndimage.gaussian_filter(weights, 3.0 / resolution).astype(np.float32)
     # Cortical thinning: grey matter is lost from the side that faces CSF (sulci, the
     # brain surface, the ventricles), so deep grey matter keeps its intensity.

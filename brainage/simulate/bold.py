@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .anatomy import epi_intensity, native_sample, rigid_matrix, warp, warp_coordinates
+from .anatomy import (
+    epi_intensity,
+    native_sample,
+    region_kind_indices,
+    rigid_matrix,
+    warp,
+    warp_coordinates,
+)
 
 __all__ = [
     "couplings",
     "draw_motion",
     "framewise_displacement",
+    "network_coupling",
     "parcel_signals",
+    "parcels_of",
     "synthesize_bold",
     "true_bold_in_mni",
     "true_mni_to_native",
@@ -98,6 +107,52 @@ def is_dmn(name: str) -> bool:
     return "default" in lowered or lowered in {"dmn", "dm"}
 
 
+def network_coupling(network: str, coupling: dict) -> float:
+    """Within-network coupling of a parcel of ``network`` (0 for ``other``).
+
+    Parameters
+    ----------
+    network : str
+        Network name (from :func:`network_of`).
+    coupling : dict
+        Output of :func:`couplings`.
+
+    Returns
+    -------
+    float
+    """
+    if network == "other":
+        return 0.0
+    return coupling["dmn"] if is_dmn(network) else coupling["network"]
+
+
+def parcels_of(tpl):
+    """Return the BOLD parcels of a model grid and their networks.
+
+    Parcels are the atlas regions present on the grid, except the labels that
+    carry no neural signal (ventricles, brain stem, white matter; see
+    :func:`~brainage.simulate.anatomy.region_kind_indices`).
+
+    Parameters
+    ----------
+    tpl : Templates
+        Model grid of the functional simulation.
+
+    Returns
+    -------
+    parcels : pandas.DataFrame
+        Rows of ``tpl.label_table``, renumbered from 0.
+    networks : numpy.ndarray of str
+        Network of each parcel (:func:`network_of`).
+    """
+    table = tpl.label_table
+    kinds = region_kind_indices(table)
+    parcels = table[~table["index"].isin(kinds["excluded"])]
+    present = set(np.unique(tpl.labels).tolist())
+    parcels = parcels[parcels["index"].isin(present)].reset_index(drop=True)
+    return parcels, network_of(parcels)
+
+
 def parcel_signals(rng, networks: np.ndarray, functional_age: float, params) -> np.ndarray:
     """Draw the true neural signals of the parcels (unit variance), shape (T, n_parcels)."""
     c = couplings(functional_age, params)
@@ -107,7 +162,7 @@ def parcel_signals(rng, networks: np.ndarray, functional_age: float, params) -> 
     private = _bandlimited(rng, len(networks), n_vol, params.repetition_time)
     out = np.empty((n_vol, len(networks)))
     for i, net in enumerate(networks):
-        ck = 0.0 if net == "other" else (c["dmn"] if is_dmn(net) else c["network"])
+        ck = network_coupling(net, c)
         k = 1 + names.index(net)
         out[:, i] = (
             np.sqrt(c["global"]) * shared[0]

@@ -35,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of patients (0-1)")
     parser.add_argument("--patient-gap", type=float, default=None, metavar="YEARS",
                         help="true brain-age gap of patients in years")
+    parser.add_argument("--patient-gap-struct", type=float, default=None, metavar="YEARS",
+                        help="excess of patients' structural latent age in years (default: "
+                             "--patient-gap)")
+    parser.add_argument("--patient-gap-func", type=float, default=None, metavar="YEARS",
+                        help="excess of patients' functional latent age in years (default: "
+                             "--patient-gap)")
+    parser.add_argument("--patient-subtypes", default=None, metavar="MIX",
+                        help="fractions of patients whose excess is in both latent ages, only "
+                             "the structural or only the functional one, e.g. "
+                             "shared=0.4,structural=0.3,functional=0.3 (default: all shared)")
     parser.add_argument("--struct-loading", type=float, default=None,
                         help="loading of Gaussianized age on the structural latent")
     parser.add_argument("--func-loading", type=float, default=None,
@@ -57,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key, None)
         for key in ("t1_voxel_size", "bold_voxel_size", "n_volumes", "n_sites",
-                    "patient_fraction", "patient_gap", "struct_loading", "func_loading",
-                    "noise_correlation", "atlas")
+                    "patient_fraction", "patient_gap", "patient_gap_struct", "patient_gap_func",
+                    "patient_subtypes", "struct_loading", "func_loading", "noise_correlation",
+                    "atlas")
     }
     root = simulate_cohort(args.out_dir, n_subjects=args.n_subjects, seed=args.seed,
                            preset=args.preset, n_jobs=max(1, args.nprocs), **overrides)

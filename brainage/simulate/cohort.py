@@ -228,11 +228,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     ref_age = 0.5 * (params.age_min + params.age_max)
     b_displacement, b_modulation = deformation.dense(btpl.shape, btpl.affine)
     btissues = anatomy.aged_tissues(btpl, ref_age, params, b_modulation)
-    kinds = anatomy.region_kind_indices(btpl.label_table)
-    parcels = btpl.label_table[~btpl.label_table["index"].isin(kinds["excluded"])]
-    present = set(np.unique(btpl.labels).tolist())
-    parcels = parcels[parcels["index"].isin(present)].reset_index(drop=True)
-    networks = bold.network_of(parcels)
+    parcels, networks = bold.parcels_of(btpl)
     signals = bold.parcel_signals(rng, networks, row["functional_age"], params)
     motion = bold.draw_motion(rng, params.n_volumes, params)
     b_shape, b_affine = anatomy.make_grid(params.bold_fov, params.bold_voxel_size)
@@ -335,6 +331,40 @@ def _write_top_level(out_dir: Path, cohort, params: SimulationParams) -> None:
     })
 
 
+def _patient_truth(cohort, params: SimulationParams) -> dict:
+    """Return the true patient gaps and subtypes for ``truth.json``."""
+    gaps = params.subtype_gaps()
+    mix = dict(params.subtype_mix)
+    struct = sum(f * gaps[k][0] for k, f in mix.items())
+    func = sum(f * gaps[k][1] for k, f in mix.items())
+    if not params.patient_subtypes and params.patient_gap_struct is None \
+            and params.patient_gap_func is None:
+        mean = params.patient_gap  # the gap added to both latent ages, as always
+    else:
+        mean = 0.5 * (struct + func)
+    patients = cohort.loc[cohort["group"] == "patient", "patient_subtype"]
+    return {
+        "true_patient_gap_years": mean,
+        "true_patient_gap_structural_years": struct,
+        "true_patient_gap_functional_years": func,
+        "patient_subtypes": mix,
+        "patient_subtype_gaps_years": {
+            k: {"structural": gaps[k][0], "functional": gaps[k][1]} for k in mix
+        },
+        "patient_subtype_counts": {k: int((patients == k).sum()) for k in mix},
+        "patient_gap_description": (
+            "Patients' latent ages exceed what their age gives by a true excess that depends on "
+            "their subtype (participants_truth.tsv: patient_subtype, structural_age_excess, "
+            "functional_age_excess): 'shared' adds the structural and the functional gap to "
+            "both latent ages, 'structural' only to the structural age, 'functional' only to "
+            "the functional age. true_patient_gap_years is the expected mean over patients of "
+            "the mean of the two excesses (patient_gap when every patient is shared with one "
+            "gap); the structural and functional keys are the expected excess of each latent "
+            "age over patients, from the subtype fractions (patient_subtypes)."
+        ),
+    }
+
+
 def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
                     preset: str = "default", n_jobs: int = 1, **overrides) -> Path:
     """Simulate a BIDS cohort with ground truth.
@@ -376,6 +406,7 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
     from ..io import atomic_write_json, atomic_write_tsv
     from . import anatomy
     from .latent import draw_cohort, oracle_mae, oracle_predict, true_pid
+    from .regions import REGIONS_TRUTH_COLUMNS, regional_truth
 
     params = resolve_params(preset, n_subjects=n_subjects, seed=seed, **overrides)
     out_dir = Path(out_dir).resolve()
@@ -386,8 +417,8 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
     pid = true_pid(params)
     # Build the model grids once here so that worker processes inherit them.
     t1_res, bold_res = _model_resolutions(params)
-    anatomy.load_templates(t1_res, params.atlas, params.regional_weights)
-    anatomy.load_templates(bold_res, params.atlas, params.regional_weights)
+    tpl = anatomy.load_templates(t1_res, params.atlas, params.regional_weights)
+    btpl = anatomy.load_templates(bold_res, params.atlas, params.regional_weights)
 
     rows = cohort.to_dict("records")
     if n_jobs > 1 and len(rows) > 1:
@@ -411,6 +442,8 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
         truth["latent_structural"].to_numpy(), truth["latent_functional"].to_numpy(), params
     )
     atomic_write_tsv(out_dir / TRUTH_DIR / "participants_truth.tsv", truth.round(6))
+    atomic_write_tsv(out_dir / TRUTH_DIR / "regions_truth.tsv", regional_truth(params, tpl, btpl))
+    atomic_write_json(out_dir / TRUTH_DIR / "regions_truth.json", REGIONS_TRUTH_COLUMNS)
     controls = truth[truth["group"] == "control"]
     sample_mae = float(np.mean(np.abs(controls["age"] - controls["oracle_age"]))) \
         if len(controls) else None
@@ -428,7 +461,7 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
             "can do from these images in the population (oracle_mae_years, Monte Carlo) and "
             "on this cohort's controls (oracle_mae_sample_controls_years)."
         ),
-        "true_patient_gap_years": params.patient_gap,
+        **_patient_truth(cohort, params),
         "space": anatomy.SPACE,
         "truth_resolution_mm": TRUTH_RES,
         "atlas": params.atlas,

@@ -8,7 +8,9 @@ The latents are built on the Gaussianized age ``g = Φ⁻¹((age − a)/(b − a
 so that ``(g, s, f)`` is jointly Gaussian with a known covariance and the
 partial information decomposition of ``g`` with respect to ``(s, f)`` is exact.
 Each latent is mapped back to years (a *latent age*) by the same quantile map:
-``A_s = a + (b − a) Φ(s / sqrt(a_s² + 1)) + gap · patient``.
+``A_s = a + (b − a) Φ(s / sqrt(a_s² + 1)) + Δ_s``, where the true excess ``Δ_s``
+is 0 for controls and depends on a patient's subtype (``shared``: both latent
+ages get their gap; ``structural`` or ``functional``: only that one).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "assign_subtypes",
     "draw_cohort",
     "latent_covariance",
     "oracle_mae",
@@ -131,6 +134,52 @@ def _draw_noise(rng, n: int, rho: float) -> np.ndarray:
     return rng.standard_normal((n, 2)) @ chol.T
 
 
+def assign_subtypes(params, patient: np.ndarray) -> np.ndarray:
+    """Subtype of every participant (``none`` for controls).
+
+    Without ``params.patient_subtypes`` every patient is ``shared`` and nothing
+    is drawn. Otherwise the number of patients of each subtype is the fraction
+    times the number of patients, rounded by largest remainder (ties: the
+    order of the mix), and the subtypes are dealt to the patients in a random
+    order drawn from a stream of its own (``default_rng([seed, 2])``), so that
+    every other draw of the cohort is the same with and without subtypes.
+
+    Parameters
+    ----------
+    params : SimulationParams
+    patient : numpy.ndarray of bool
+        Whether each participant is a patient.
+
+    Returns
+    -------
+    numpy.ndarray of str
+
+    Examples
+    --------
+    >>> from brainage.simulate.params import resolve_params
+    >>> p = resolve_params("test", patient_subtypes="structural=0.5,functional=0.5")
+    >>> sorted(assign_subtypes(p, np.array([True, True, False, True, True])).tolist())
+    ['functional', 'functional', 'none', 'structural', 'structural']
+    """
+    patient = np.asarray(patient, bool)
+    out = np.where(patient, "shared", "none").astype(object)
+    if not params.patient_subtypes:
+        return out.astype(str)
+    members = np.flatnonzero(patient)
+    names = [name for name, _ in params.patient_subtypes]
+    fractions = np.array([fraction for _, fraction in params.patient_subtypes], float)
+    raw = fractions / fractions.sum() * len(members)
+    counts = np.floor(raw + 1e-9).astype(int)
+    short = len(members) - int(counts.sum())
+    # Largest remainder; a stable sort keeps the order of the mix among ties.
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[:max(short, 0)]] += 1
+    rng = np.random.default_rng([params.seed, 2])
+    dealt = rng.permutation(members)
+    out[dealt] = np.repeat(names, counts)
+    return out.astype(str)
+
+
 def draw_cohort(params):
     """Draw demographics and latents of the whole cohort.
 
@@ -143,7 +192,10 @@ def draw_cohort(params):
     pandas.DataFrame
         One row per participant: ``participant_id, age, sex, site, group,
         age_gaussianized, latent_structural, latent_functional,
-        structural_age, functional_age, true_gap``.
+        structural_age, functional_age, true_gap, patient_subtype,
+        structural_age_excess, functional_age_excess``. The excesses are the
+        years added to each latent age (0 for controls); ``true_gap`` is their
+        mean (the patient gap itself when both latent ages get it).
     """
     import pandas as pd
     from scipy.stats import norm
@@ -165,11 +217,14 @@ def draw_cohort(params):
     g = norm.ppf(np.clip((age - params.age_min) / span, 1e-6, 1 - 1e-6))
     s = params.struct_loading * g + noise[:, 0]
     f = params.func_loading * g + noise[:, 1]
-    gap = np.where(patient, params.patient_gap, 0.0)
+    subtype = assign_subtypes(params, patient)
+    gaps = params.subtype_gaps()
+    gap_s = np.array([gaps[k][0] if k in gaps else 0.0 for k in subtype])
+    gap_f = np.array([gaps[k][1] if k in gaps else 0.0 for k in subtype])
     s_age = _age_from_gauss(s / np.hypot(params.struct_loading, 1.0), params.age_min,
-                            params.age_max) + gap
+                            params.age_max) + gap_s
     f_age = _age_from_gauss(f / np.hypot(params.func_loading, 1.0), params.age_min,
-                            params.age_max) + gap
+                            params.age_max) + gap_f
     width = max(2, len(str(n)))
     return pd.DataFrame(
         {
@@ -183,6 +238,9 @@ def draw_cohort(params):
             "latent_functional": f,
             "structural_age": s_age,
             "functional_age": f_age,
-            "true_gap": gap,
+            "true_gap": 0.5 * (gap_s + gap_f),
+            "patient_subtype": subtype,
+            "structural_age_excess": gap_s,
+            "functional_age_excess": gap_f,
         }
     )

@@ -8,11 +8,17 @@ only holds the numbers. Every field has a realistic default; the presets
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from ..exceptions import UsageError
 
-__all__ = ["PRESETS", "SimulationParams", "resolve_params"]
+__all__ = ["PATIENT_SUBTYPES", "PRESETS", "SimulationParams", "parse_patient_subtypes",
+           "resolve_params"]
+
+#: Patient subtypes: which latent ages carry a patient's accelerated aging.
+PATIENT_SUBTYPES = ("shared", "structural", "functional")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,16 @@ class SimulationParams:
         Fraction of participants in the ``patient`` group.
     patient_gap : float
         True brain-age gap of patients, in years (added to both latent ages).
+    patient_gap_struct, patient_gap_func : float or None
+        Excess (years) added to the structural, resp. functional, latent age
+        of patients whose subtype accelerates that modality; ``None`` uses
+        ``patient_gap``.
+    patient_subtypes : tuple of (str, float)
+        Mix of patient subtypes, e.g. ``(("shared", 0.4), ("structural", 0.3),
+        ("functional", 0.3))``: fractions of patients whose excess is in both
+        latent ages (``shared``), only the structural one (``structural``) or
+        only the functional one (``functional``). Empty: every patient is
+        ``shared``.
     struct_loading, func_loading : float
         Loadings ``a_s`` and ``a_f`` of the Gaussianized age on the structural
         and functional latents (``s = a_s g + n_s``, ``f = a_f g + n_f``).
@@ -110,6 +126,9 @@ class SimulationParams:
     n_sites: int = 2
     patient_fraction: float = 0.3
     patient_gap: float = 5.0
+    patient_gap_struct: float | None = None
+    patient_gap_func: float | None = None
+    patient_subtypes: tuple = ()
     struct_loading: float = 2.5
     func_loading: float = 1.0
     noise_correlation: float = -0.3
@@ -177,7 +196,67 @@ class SimulationParams:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        for name in ("patient_gap", "patient_gap_struct", "patient_gap_func"):
+            value = getattr(self, name)
+            if value is None and name != "patient_gap":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number of years; got {value!r}")
+        self._check_subtypes()
         return self
+
+    def _check_subtypes(self) -> None:
+        mix = self.patient_subtypes
+        example = "e.g. shared=0.4,structural=0.3,functional=0.3"
+        if not isinstance(mix, tuple):
+            raise UsageError(
+                f"patient_subtypes must be (name, fraction) pairs ({example}); got {mix!r}"
+            )
+        seen = set()
+        for entry in mix:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise UsageError(
+                    f"patient_subtypes must be (name, fraction) pairs ({example}); got {entry!r}"
+                )
+            name, fraction = entry
+            if name not in PATIENT_SUBTYPES:
+                raise UsageError(
+                    f"unknown patient subtype {name!r}; choose among {', '.join(PATIENT_SUBTYPES)}"
+                )
+            if name in seen:
+                raise UsageError(f"patient subtype {name!r} is given twice in patient_subtypes")
+            seen.add(name)
+            if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
+                    or not 0.0 <= fraction <= 1.0:
+                raise UsageError(
+                    f"the fraction of patient subtype {name!r} must be in [0, 1]; got {fraction!r}"
+                )
+        total = sum(fraction for _, fraction in mix)
+        if mix and abs(total - 1.0) > 1e-6:
+            raise UsageError(
+                f"the patient subtype fractions must sum to 1; got {total:g} "
+                f"({', '.join(f'{n}={f:g}' for n, f in mix)})"
+            )
+
+    @property
+    def subtype_mix(self) -> tuple:
+        """The patient subtype mix in force: ``patient_subtypes``, or all ``shared``."""
+        return self.patient_subtypes or (("shared", 1.0),)
+
+    def subtype_gaps(self) -> dict:
+        """Return the true excess (years) of the structural and functional latent ages per subtype.
+
+        Returns
+        -------
+        dict
+            ``{subtype: (structural_excess, functional_excess)}`` for every
+            subtype of :data:`PATIENT_SUBTYPES`.
+        """
+        struct = self.patient_gap if self.patient_gap_struct is None else self.patient_gap_struct
+        func = self.patient_gap if self.patient_gap_func is None else self.patient_gap_func
+        return {"shared": (float(struct), float(func)), "structural": (float(struct), 0.0),
+                "functional": (0.0, float(func))}
 
     def site_value(self, values: tuple, site: int) -> float:
         """Return the per-site value of a per-site tuple (cycled when shorter)."""
@@ -187,6 +266,7 @@ class SimulationParams:
         """Return the parameters as a JSON-ready dictionary."""
         out = dataclasses.asdict(self)
         out["regional_weights"] = dict(self.regional_weights)
+        out["patient_subtypes"] = dict(self.patient_subtypes)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
@@ -208,6 +288,68 @@ PRESETS: dict[str, dict] = {
         "n_volumes": 24,
     },
 }
+
+
+def parse_patient_subtypes(value) -> tuple:
+    """Read a patient subtype mix into ``((name, fraction), ...)``.
+
+    Parameters
+    ----------
+    value : str, dict or sequence of pairs
+        ``"shared=0.4,structural=0.3,functional=0.3"`` (the command line's
+        form), ``{"shared": 0.4, ...}`` or ``[("shared", 0.4), ...]``; an empty
+        string or sequence gives ``()`` (every patient ``shared``).
+
+    Returns
+    -------
+    tuple of (str, float)
+        The mix, in the order given (checked by :meth:`SimulationParams.validate`).
+
+    Raises
+    ------
+    UsageError
+        If an item is not ``name=fraction`` or a fraction is not a number.
+
+    Examples
+    --------
+    >>> parse_patient_subtypes("shared=0.5, structural=0.5")
+    (('shared', 0.5), ('structural', 0.5))
+    """
+    example = "e.g. shared=0.4,structural=0.3,functional=0.3"
+    if isinstance(value, str):
+        pairs = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            name, sep, fraction = item.partition("=")
+            if not sep:
+                raise UsageError(f"patient subtypes must be NAME=FRACTION items ({example}); "
+                                 f"got {item!r}")
+            pairs.append((name.strip(), fraction.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        try:
+            pairs = [tuple(entry) for entry in value]
+        except TypeError:
+            raise UsageError(f"patient subtypes must be (name, fraction) pairs ({example}); "
+                             f"got {value!r}") from None
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise UsageError(f"patient subtypes must be (name, fraction) pairs ({example}); "
+                             f"got {pair!r}")
+        name, fraction = pair
+        try:
+            number = float(fraction)
+        except (TypeError, ValueError):
+            raise UsageError(f"the fraction of patient subtype {name!r} must be a number; "
+                             f"got {fraction!r}") from None
+        if isinstance(fraction, bool) or not math.isfinite(number):
+            raise UsageError(f"the fraction of patient subtype {name!r} must be a number; "
+                             f"got {fraction!r}")
+        out.append((str(name), number))
+    return tuple(out)
 
 
 def resolve_params(preset: str = "default", **overrides) -> SimulationParams:
@@ -252,4 +394,6 @@ def resolve_params(preset: str = "default", **overrides) -> SimulationParams:
             values[key] = tuple(
                 tuple(v) if isinstance(v, list) else v for v in values[key]
             ) if key == "regional_weights" else tuple(values[key])
+    if "patient_subtypes" in values:
+        values["patient_subtypes"] = parse_patient_subtypes(values["patient_subtypes"])
     return SimulationParams(**values, preset=preset).validate()
