@@ -80,10 +80,16 @@ def test_each_control_once_out_of_fold_and_patients_never_fitted(cohort, spy):
         assert len({int(res.folds[h]) for h in held_out}) == 1  # exactly one fold left out
 
 
-def test_held_out_ages_never_reach_a_fit(cohort):
+SELECT_PCA = {"anat": {"kind": "regional", "atlas": "HarvardOxford", "select": 8, "pca": 4},
+              "func": {"kind": "connectivity", "atlas": "HarvardOxford", "select": 5}}
+
+
+@pytest.mark.parametrize("inputs", [None, SELECT_PCA], ids=["raw", "select+pca"])
+def test_held_out_ages_never_reach_a_fit(cohort, inputs):
     """Canary: scrambling the ages of one fold's controls and of every patient changes no
-    uncorrected prediction of theirs (no fit saw those ages) and no fitted correction."""
-    cfg = group_cfg()
+    uncorrected prediction of theirs (no fit saw those ages) and no fitted correction; also
+    with the supervised feature selection and PCA fitted in each fold."""
+    cfg = group_cfg(**({"inputs": inputs} if inputs else {}))
     parts = cohort.participants
     folds = assign_folds(parts, train=parts["is_control"].to_numpy(), n_splits=4, seed=0)
     a = cross_validate(cohort, cfg, folds=folds).runs["ridge"]

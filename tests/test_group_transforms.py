@@ -80,3 +80,32 @@ def test_pca_is_refused_on_maps_and_below_one():
     with pytest.raises(ValidationError, match="pca"):
         GroupConfig(inputs={"anat": {"kind": "regional", "atlas": "HarvardOxford", "pca": 0},
                             "func": {"kind": "connectivity", "atlas": "HarvardOxford"}})
+
+
+def test_selection_keeps_the_age_features_of_the_training_rows_only():
+    from brainage.group.transforms import select_features
+
+    rng = np.random.default_rng(5)
+    age = rng.uniform(20, 80, 60)
+    X = rng.normal(size=(60, 30))
+    X[:, [4, 17, 22]] += age[:, None] / 10
+    assert select_features(X, age, 3).tolist() == [4, 17, 22]
+    X[:, 9] = 1.0  # constant: never selected
+    assert 9 not in select_features(X, age, 29)
+
+    cohort = make_cohort(60, seed=6)
+    cfg = _cfg(func={"select": 4, "pca": None})
+    keys = list(cohort.participants.index)
+    tf = FeatureTransforms.fit(cohort, keys[:40], cfg, ["anat", "func"])
+    assert tf.inputs(cohort, keys[40:], ["func"])["func"].shape == (20, 4)
+    chosen = tf.selected["func"].copy()
+    # The held-out participants' ages do not move the selection.
+    cohort.participants.loc[keys[40:], "age"] = 20.0
+    again = FeatureTransforms.fit(cohort, keys[:40], cfg, ["anat", "func"])
+    np.testing.assert_array_equal(again.selected["func"], chosen)
+    meta, arrays = tf.to_bundle()
+    back = FeatureTransforms.from_bundle(meta, arrays)
+    np.testing.assert_array_equal(back.selected["func"], chosen)
+    arrays.pop("selected.func")
+    with pytest.raises(Exception, match="selected.func"):
+        FeatureTransforms.from_bundle(meta, arrays)

@@ -46,8 +46,8 @@ PER_MODALITY_PREFIXES = ("unimodal_", "ridge_", "gpr_")
 #: Models that fuse modalities and so need at least two inputs.
 FUSION_MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 _INPUT_KEYS = {
-    "regional": ("kind", "atlas", "tissue", "normalize", "pca"),
-    "connectivity": ("kind", "atlas", "pca"),
+    "regional": ("kind", "atlas", "tissue", "normalize", "select", "pca"),
+    "connectivity": ("kind", "atlas", "select", "pca"),
     "maps": ("kind", "maps", "resolution"),
 }
 #: Kinds a modality called ``anat`` / ``func`` may have (other names may have any kind).
@@ -97,8 +97,9 @@ class GroupInputConfig(_Section):
     tissue totals and TIV with ``tissue: true``), ``kind: connectivity`` (the
     functional stage's Fisher-z connectivity matrix of ``atlas``) or ``kind:
     maps`` (paths of MNI-space maps at the ``resolution`` grid, read by the 3D
-    encoders). A tabular input may set ``pca: K``: its z-scored features are
-    reduced to ``K`` principal components fitted on each training fold
+    encoders). A tabular input may set ``select: K`` (keep the ``K`` features
+    most correlated with age) and ``pca: K`` (reduce the z-scored features to
+    ``K`` principal components), both fitted on each training fold
     (:mod:`brainage.group.transforms`).
     """
 
@@ -122,6 +123,11 @@ class GroupInputConfig(_Section):
         default="none",
         description="regional: divide every volume but tiv_ml by the participant's TIV "
         "(proportional head-size correction), or keep millilitres.",
+    )
+    select: int | None = Field(
+        default=None, ge=1,
+        description="regional, connectivity: keep the features most correlated with age "
+        "(F-test on each training fold's controls; none: keep every feature).",
     )
     pca: int | None = Field(
         default=None, ge=1,
@@ -183,7 +189,8 @@ class GroupInputConfig(_Section):
                 f"{', '.join(stray)} does not apply to kind {self.kind!r} (keys of a "
                 f"{self.kind} input: {', '.join(keys)}); got {', '.join(stray)}"
             )
-        needed = [k for k in keys if k not in ("tissue", "normalize", "pca") and getattr(self, k) is None]
+        optional = ("tissue", "normalize", "select", "pca")
+        needed = [k for k in keys if k not in optional and getattr(self, k) is None]
         if needed:
             example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]",
                        "resolution": "resolution: 2.0"}
@@ -197,7 +204,7 @@ class GroupInputConfig(_Section):
     def _only_keys_of_kind(self, handler: Any) -> dict:
         data = handler(self)
         return {k: v for k, v in data.items()
-                if k in _INPUT_KEYS[self.kind] and not (k == "pca" and v is None)
+                if k in _INPUT_KEYS[self.kind] and not (k in ("select", "pca") and v is None)
                 and not (k == "normalize" and v == "none")}
 
     @property

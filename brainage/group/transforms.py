@@ -1,10 +1,14 @@
-"""Feature transforms fitted inside a training fold: ComBat, then principal components.
+"""Feature transforms fitted inside a training fold: ComBat, feature selection, principal components.
 
 A model of the comparison never sees raw tabular features: each fit first
 fits, on its own training participants only,
 
 1. ComBat per tabular modality (``group.combat.enabled``), then
-2. a principal-component reduction per modality whose input sets ``pca: K``
+2. a selection of the ``K`` features most correlated with age where the input
+   sets ``select: K`` (univariate F-test, scikit-learn's ``f_regression``, on
+   the training participants' ages: the edge selection of connectome-based
+   predictive modelling, Shen et al. 2017, doi:10.1038/nprot.2016.178), then
+3. a principal-component reduction where the input sets ``pca: K``
    (z-scored features projected on the first ``K`` components).
 
 The fitted transforms are applied unchanged to every participant the model
@@ -18,7 +22,11 @@ controls per fold. Concatenated (ridge) the edges swamp the volumes; one MLP
 encoder per modality has more weights than participants. The principal
 components of the edges keep the shared variance (network-wide coupling
 changes, which is what ageing does to connectivity) in a few dozen numbers,
-fitted where a scaler is fitted and so without leakage.
+fitted where a scaler is fitted and so without leakage. When the age effect
+lives in a small subset of edges (one network's coupling), the leading
+components of all edges miss it and a supervised selection finds it; the
+selection uses the training participants' ages only, so it is as leak-free as
+the model's own fit (``tests/test_group_cv.py`` holds the canary).
 """
 
 from __future__ import annotations
@@ -30,7 +38,22 @@ import numpy as np
 from ..exceptions import GroupLevelError, StatsInputError
 from ..stats.harmonize import ComBat
 
-__all__ = ["FeatureTransforms", "PCAReduction"]
+__all__ = ["FeatureTransforms", "PCAReduction", "select_features"]
+
+
+def select_features(X: np.ndarray, age: np.ndarray, k: int) -> np.ndarray:
+    """Return the sorted column indices of the ``k`` features most associated with age (F-test).
+
+    Constant columns (F undefined) are never selected; ties keep the lower index.
+    """
+    from sklearn.feature_selection import f_regression
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f, _ = f_regression(np.asarray(X, dtype=float), np.asarray(age, dtype=float))
+    f = np.where(np.isfinite(f), f, -1.0)
+    k = int(min(k, X.shape[1]))
+    order = np.argsort(-f, kind="stable")[:k]
+    return np.sort(order)
 
 
 @dataclass
@@ -99,6 +122,7 @@ class FeatureTransforms:
 
     batch: str = "site"
     combat: dict = field(default_factory=dict)
+    selected: dict = field(default_factory=dict)
     pca: dict = field(default_factory=dict)
 
     @classmethod
@@ -111,7 +135,8 @@ class FeatureTransforms:
         keys : sequence of str
             Training participants.
         cfg
-            ``config.group`` (its ``combat`` section and each input's ``pca``).
+            ``config.group`` (its ``combat`` section and each input's ``select``
+            and ``pca``).
         modalities : sequence of str
             Modalities the model uses.
         seed : int
@@ -144,9 +169,14 @@ class FeatureTransforms:
                         f"{exc}. Merge small sites, or set group.combat.enabled: false"
                     ) from None
                 frame = out.combat[m].transform(frame, cov)
-            n_pc = getattr(cfg.inputs.get(m), "pca", None) if m in cfg.inputs else None
-            if n_pc:
-                out.pca[m] = PCAReduction.fit(frame.to_numpy(dtype=float), n_pc, seed=seed)
+            spec = cfg.inputs.get(m)
+            values = frame.to_numpy(dtype=float)
+            if getattr(spec, "select", None):
+                age = cohort.participants.loc[keys, "age"].to_numpy(dtype=float)
+                out.selected[m] = select_features(values, age, spec.select)
+                values = values[:, out.selected[m]]
+            if getattr(spec, "pca", None):
+                out.pca[m] = PCAReduction.fit(values, spec.pca, seed=seed)
         return out
 
     def inputs(self, cohort, keys, modalities) -> dict:
@@ -170,6 +200,8 @@ class FeatureTransforms:
                 except StatsInputError as exc:
                     raise GroupLevelError(f"ComBat on {m}: {exc}") from None
             values = frame.to_numpy(dtype=float)
+            if m in self.selected:
+                values = values[:, self.selected[m]]
             if m in self.pca:
                 values = self.pca[m].transform(values)
             X[m] = values.astype(np.float32)
@@ -177,14 +209,15 @@ class FeatureTransforms:
 
     def summary(self) -> dict:
         """Return what was fitted, for the fold records."""
-        return {"combat": sorted(self.combat), "pca": {m: p.summary() for m, p in self.pca.items()}}
+        return {"combat": sorted(self.combat), "selected": {m: len(v) for m, v in self.selected.items()},
+                "pca": {m: p.summary() for m, p in self.pca.items()}}
 
     # ----------------------------------------------------------------- bundle
     def to_bundle(self) -> tuple[dict, dict]:
         """Return (JSON, arrays) for the bundle's extra files."""
         meta = {"batch": self.batch, "combat": {m: h.to_dict() for m, h in self.combat.items()},
-                "pca": {m: p.summary() for m, p in self.pca.items()}}
-        arrays = {}
+                "selected": sorted(self.selected), "pca": {m: p.summary() for m, p in self.pca.items()}}
+        arrays = {f"selected.{m}": np.asarray(v, dtype=np.int64) for m, v in self.selected.items()}
         for m, p in self.pca.items():
             for name in ("mean", "scale", "components", "explained_variance_ratio"):
                 arrays[f"pca.{m}.{name}"] = np.asarray(getattr(p, name), dtype=np.float64)
@@ -195,6 +228,10 @@ class FeatureTransforms:
         """Rebuild from :meth:`to_bundle`'s output."""
         out = cls(batch=meta.get("batch", "site"),
                   combat={m: ComBat.from_dict(d) for m, d in meta.get("combat", {}).items()})
+        for m in meta.get("selected", []):
+            if f"selected.{m}" not in arrays:
+                raise GroupLevelError(f"the bundle's feature selection of {m} lacks array selected.{m}")
+            out.selected[m] = np.asarray(arrays[f"selected.{m}"], dtype=np.int64)
         for m, info in meta.get("pca", {}).items():
             try:
                 parts = {n: arrays[f"pca.{m}.{n}"]
