@@ -105,3 +105,25 @@ def test_cnn_bundle_refuses_maps_at_another_resolution(trained, tmp_path, capsys
     code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
     assert code == 2
     assert "res-4" in capsys.readouterr().err
+
+
+def test_small_cohorts_keep_maps_in_memory_and_large_ones_stream(trained):
+    from brainage.cohort.data import load_cohort
+    from brainage.config import load_config
+    from brainage.group.transforms import FeatureTransforms, volume_cache
+
+    _, bids, deriv = trained
+    cfg = load_config(deriv.parents[2] / "maps.yaml").group
+    cohort = load_cohort(bids, deriv, cfg)
+    # 30 participants × (12·14·12 voxels × 2 maps) × 4 bytes ≈ 0.5 MB
+    assert volume_cache(cohort, ["anat", "func"], 0.0) is None
+    cache = volume_cache(cohort, ["anat", "func"], 0.001)
+    assert cache == {}
+    keys = list(cohort.participants.index)
+    tf = FeatureTransforms()
+    first = tf.inputs(cohort, keys[:20], ["anat"], cache)["anat"]
+    _ = [first[i] for i in range(len(first))]
+    assert len(cache) == 20
+    second = tf.inputs(cohort, keys[10:], ["anat"], cache)["anat"]
+    assert second[0] is cache[tuple(second.paths[0])]  # shared: no second read
+    assert volume_cache(cohort, ["anat", "func"], 1e-4) is None  # over the budget: stream

@@ -302,6 +302,11 @@ class GroupConfig(_Section):
         description="Exclude a participant missing a modality, or keep the modalities it has.",
     )
     qc: GroupQCConfig = GroupQCConfig()
+    cache_maps_gb: float = Field(
+        default=4.0, ge=0,
+        description="Keep MNI maps in memory after their first read when the cohort's maps take at "
+        "most this many GB as float32 (0: always stream from disk, as large cohorts do).",
+    )
 
     @field_validator("inputs")
     @classmethod

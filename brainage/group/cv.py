@@ -35,7 +35,7 @@ import pandas as pd
 from ..exceptions import GroupLevelError, StatsInputError
 from ..stats.bias import AgeBiasCorrection
 from .folds import NOT_IN_FOLDS, assign_folds
-from .transforms import FeatureTransforms
+from .transforms import FeatureTransforms, volume_cache
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _fit(name, modalities, params, seed, device, X, y):
     return est.fit(X, y, validation_idx=validation_split(y, seed))
 
 
-def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device) -> np.ndarray:
+def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device, cache=None) -> np.ndarray:
     """Out-of-sample predictions of ``keys`` from inner folds (for the bias correction)."""
     table = cohort.participants.loc[keys]
     inner = assign_folds(table, n_splits=cfg.cv.inner_splits, seed=seed + 7919)
@@ -121,8 +121,9 @@ def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device) 
         tr, te = keys[inner != j], keys[inner == j]
         tf = FeatureTransforms.fit(cohort, tr, cfg, modalities, seed=seed)
         est = _fit(name, modalities, params, seed + 31 * (j + 1), device,
-                   tf.inputs(cohort, tr, modalities), cohort.participants.loc[tr, "age"].to_numpy(float))
-        out[inner == j] = est.predict(tf.inputs(cohort, te, modalities))
+                   tf.inputs(cohort, tr, modalities, cache),
+                   cohort.participants.loc[tr, "age"].to_numpy(float))
+        out[inner == j] = est.predict(tf.inputs(cohort, te, modalities, cache))
     return out
 
 
@@ -153,7 +154,7 @@ def _pid_info(est, X_test, y_test) -> dict:
     return info
 
 
-def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun:
+def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None) -> ModelRun:
     from ..estimators.registry import predict_by_modality
 
     parts = cohort.participants
@@ -170,15 +171,16 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device) -> ModelRun
         t0 = time.perf_counter()
         tf = FeatureTransforms.fit(cohort, train, cfg, modalities, seed=seed)
         y_train = parts.loc[train, "age"].to_numpy(float)
-        est = _fit(name, modalities, params, seed, device, tf.inputs(cohort, train, modalities), y_train)
+        est = _fit(name, modalities, params, seed, device, tf.inputs(cohort, train, modalities, cache),
+                   y_train)
         if cfg.bias_correction.method == "none":
             oos = y_train  # unused by the identity correction
         else:
-            oos = _oos_predictions(name, cohort, train, cfg, modalities, params, seed, device)
+            oos = _oos_predictions(name, cohort, train, cfg, modalities, params, seed, device, cache)
         corr = fit_correction(cfg, y_train, oos, parts.loc[train, "site"].to_numpy())
         fit_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        X_target = tf.inputs(cohort, target, modalities)
+        X_target = tf.inputs(cohort, target, modalities, cache)
         pred = est.predict(X_target)
         predict_seconds += time.perf_counter() - t0
         n_predicted += len(target)
@@ -263,6 +265,7 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
         raise GroupLevelError("folds: expected one fold per participant, >= 0 for every control and "
                               "-1 for everyone else (patients are never trained on)")
     runs = {}
+    cache = volume_cache(cohort, list(cohort.inputs), cfg.cache_maps_gb)
     for name in models or cfg.models:
         mods = model_modalities(name, cohort)
         missing = [m for m in mods if m not in cohort.inputs]
@@ -275,7 +278,7 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
         sub = cohort if usable.all() else cohort.subset(parts.index[usable])
         t0 = time.perf_counter()
         runs[name] = _run_model(name, sub, folds[usable], cfg, mods,
-                                dict(cfg.model_params.get(name, {})), device)
+                                dict(cfg.model_params.get(name, {})), device, cache)
         logger.info("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
     settings = {"n_splits": int(folds.max()) + 1, "scheme": cfg.cv.scheme, "seed": cfg.cv.seed,
                 "inner_splits": cfg.cv.inner_splits, "n_controls": n_controls,

@@ -165,14 +165,14 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     run = result.runs[primary]
     usable = [k for k in controls if k in run.predictions.index]
     from ..estimators.registry import make_estimator
-    from .transforms import FeatureTransforms
+    from .transforms import FeatureTransforms, volume_cache
 
     tf = FeatureTransforms.fit(cohort, usable, cfg, mods, seed=cfg.cv.seed)
     est = make_estimator(primary, modalities=mods, params=dict(cfg.model_params.get(primary, {})),
                          random_state=cfg.cv.seed, device=device)
     y = parts.loc[usable, "age"].to_numpy(float)
     t0 = time.perf_counter()
-    est.fit(tf.inputs(cohort, usable, mods), y,
+    est.fit(tf.inputs(cohort, usable, mods, volume_cache(cohort, mods, cfg.cache_maps_gb)), y,
             validation_idx=validation_split(y, cfg.cv.seed))
     final_seconds = time.perf_counter() - t0
     corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),

@@ -38,7 +38,29 @@ import numpy as np
 from ..exceptions import GroupLevelError, StatsInputError
 from ..stats.harmonize import ComBat
 
-__all__ = ["FeatureTransforms", "PCAReduction", "select_features"]
+__all__ = ["FeatureTransforms", "PCAReduction", "select_features", "volume_cache"]
+
+
+def volume_cache(cohort, modalities, budget_gb: float) -> dict | None:
+    """Return a shared in-memory store for the cohort's maps, or None to stream them from disk.
+
+    The maps of ``modalities`` are kept in memory after their first read when, as float32,
+    they take at most ``budget_gb`` (``group.cache_maps_gb``): a demo-sized cohort then reads
+    each file once instead of once per epoch and fold, and a large cohort streams.
+    """
+    import nibabel as nib
+
+    total = 0
+    for m in modalities:
+        inp = cohort.inputs[m]
+        if inp.features is not None or inp.paths is None or not len(inp.paths):
+            continue
+        first = inp.paths.iloc[0].to_numpy(dtype=object)
+        voxels = sum(int(np.prod(nib.load(str(p)).shape[:3])) for p in first)
+        total += voxels * 4 * len(inp.paths)
+    if total == 0 or total > budget_gb * 1e9:
+        return None
+    return {}
 
 
 def select_features(X: np.ndarray, age: np.ndarray, k: int) -> np.ndarray:
@@ -179,8 +201,11 @@ class FeatureTransforms:
                 out.pca[m] = PCAReduction.fit(values, spec.pca, seed=seed)
         return out
 
-    def inputs(self, cohort, keys, modalities) -> dict:
-        """Return the model inputs of ``keys``: transformed features, or volume datasets for maps."""
+    def inputs(self, cohort, keys, modalities, cache: dict | None = None) -> dict:
+        """Return the model inputs of ``keys``: transformed features, or volume datasets for maps.
+
+        ``cache`` (from :func:`volume_cache`) is shared by the volume datasets; None streams.
+        """
         X = {}
         cov = None
         keys = list(keys)
@@ -189,7 +214,8 @@ class FeatureTransforms:
             if inp.features is None:
                 from ..training.datasets import volume_dataset
 
-                X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist())
+                X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist(),
+                                      cache=cache if cache is not None else False)
                 continue
             frame = inp.features.loc[keys]
             if m in self.combat:

@@ -30,8 +30,10 @@ class VolumeDataset(torch.utils.data.Dataset):
     paths : sequence of str or sequence of sequence of str
         Per participant, one NIfTI path or a list of paths (one per channel,
         e.g. GM and WM probability maps on the same grid).
-    cache : bool
-        Keep loaded volumes in memory after the first epoch.
+    cache : bool or dict
+        Keep loaded volumes in memory after the first epoch. A dict is used as
+        the store (keyed by the participant's tuple of paths), so datasets over
+        overlapping participants (the folds of a cross-validation) share it.
 
     Examples
     --------
@@ -40,20 +42,21 @@ class VolumeDataset(torch.utils.data.Dataset):
     (2, 91, 109, 91)
     """
 
-    def __init__(self, paths: Sequence, *, cache: bool = False):
+    def __init__(self, paths: Sequence, *, cache: bool | dict = False):
         from monai.transforms import LoadImage
 
         self.paths = [[str(p)] if isinstance(p, (str, bytes)) or not isinstance(
             p, Sequence) else [str(q) for q in p] for p in paths]
         self._load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._cache: dict | None = cache if isinstance(cache, dict) else ({} if cache else None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if self._cache is not None and i in self._cache:
-            return self._cache[i]
+        key = tuple(self.paths[i])
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
         chans = []
         for path in self.paths[i]:
             try:
@@ -76,11 +79,11 @@ class VolumeDataset(torch.utils.data.Dataset):
             )
         vol = np.concatenate(chans, axis=0)
         if self._cache is not None:
-            self._cache[i] = vol
+            self._cache[key] = vol
         return vol
 
 
-def volume_dataset(paths: Sequence, *, cache: bool = False) -> VolumeDataset:
+def volume_dataset(paths: Sequence, *, cache: bool | dict = False) -> VolumeDataset:
     """Return a :class:`VolumeDataset` over ``paths`` (see there)."""
     return VolumeDataset(paths, cache=cache)
 
