@@ -38,8 +38,13 @@ PEOPLE = {
 }
 
 
+RAW_INPUTS = {"anat": {"kind": "regional", "atlas": "HarvardOxford", "normalize": "none"},
+              "func": {"kind": "connectivity", "atlas": "HarvardOxford"}}
+
+
 def _cfg(**group):
-    return parse_config({"group": group}).group
+    """The group section, reading raw features (millilitres, every edge) unless ``inputs`` is given."""
+    return parse_config({"group": {"inputs": RAW_INPUTS, **group}}).group
 
 
 def gm_volume(label: str, index: int) -> float:

@@ -86,8 +86,8 @@ def test_effective_config_round_trips(tmp_path):
 def test_group_defaults():
     group = PipelineConfig().group
     assert {m: s.model_dump() for m, s in group.inputs.items()} == {
-        "anat": {"kind": "regional", "atlas": "HarvardOxford", "tissue": True},
-        "func": {"kind": "connectivity", "atlas": "HarvardOxford"},
+        "anat": {"kind": "regional", "atlas": "HarvardOxford", "tissue": True, "normalize": "tiv"},
+        "func": {"kind": "connectivity", "atlas": "HarvardOxford", "select": 20},
     }
     assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "early_fusion",
                             "late_fusion", "ridge", "gpr"]
@@ -111,7 +111,8 @@ def test_demo_group_models_build_with_their_params():
                             "ridge_anat"]
     assert (group.cv.n_splits, group.cv.inner_splits) == (5, 3)
     # small networks that a 2-core laptop trains in the demo's minutes (bench/results/group.json)
-    assert group.model_params["pidreg"]["max_epochs"] <= 200
+    assert group.model_params["pidreg"]["max_epochs"] <= 300
+    assert max(group.model_params["pidreg"]["hidden"]) <= 32
     assert group.model_params["pidreg"]["latent_dim"] <= 8
     for name in group.models:
         est = registry.make_estimator(name, modalities=list(group.inputs),

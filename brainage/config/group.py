@@ -219,8 +219,8 @@ class GroupInputConfig(_Section):
 
 def _default_inputs() -> dict[str, GroupInputConfig]:
     return {
-        "anat": GroupInputConfig(kind="regional", atlas="HarvardOxford", tissue=True),
-        "func": GroupInputConfig(kind="connectivity", atlas="HarvardOxford"),
+        "anat": GroupInputConfig(kind="regional", atlas="HarvardOxford", tissue=True, normalize="tiv"),
+        "func": GroupInputConfig(kind="connectivity", atlas="HarvardOxford", select=20),
     }
 
 
