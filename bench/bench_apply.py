@@ -55,13 +55,18 @@ def main() -> int:
         pred = pd.read_csv(outputs.directory / "predictions.tsv", sep="\t")
         groups = pd.read_csv(outputs.directory / "groups.tsv", sep="\t")
         metrics = json.loads((outputs.directory / "metrics.json").read_text())
+    truth_rows = pd.read_csv(bids / "sourcedata" / "brainage-truth" / "participants_truth.tsv", sep="\t")
+    pred = pred.merge(truth_rows[["participant_id", "oracle_age"]], on="participant_id", how="left")
     controls = pred[pred["group"] == "control"]
     trained_sites = sorted(extra["trained_on"]["sites"])
 
     def acc(frame):
         m = bootstrap_metrics(frame["age"], frame["predicted_age"], n_boot=2000, seed=0)
+        oracle = float((frame["age"] - frame["oracle_age"]).abs().mean())
         return {"n": int(m["n"]), "mae": m["mae"], "mae_ci": [m["mae_ci_low"], m["mae_ci_high"]],
-                "r": m["r"], "gap_age_slope": m["gap_age_slope"]}
+                "r": m["r"], "gap_age_slope": m["gap_age_slope"],
+                "mean_gap": float((frame["predicted_age"] - frame["age"]).mean()),
+                "oracle_mae": oracle, "mae_over_oracle": m["mae"] / oracle}
 
     per_site = {site: {**acc(f), "seen_in_training": site in trained_sites}
                 for site, f in controls.groupby("site")}
@@ -85,11 +90,14 @@ def main() -> int:
         "wall_seconds": round(wall, 1),
     }
     print(f"bundle {extra['model']}: cross-validated MAE {cv['mae']:.2f} on its training cohort")
-    print(f"new cohort, all controls: MAE {figures['controls_all_sites']['mae']:.2f} "
-          f"{figures['controls_all_sites']['mae_ci']}")
+    allc = figures["controls_all_sites"]
+    print(f"new cohort, all controls: MAE {allc['mae']:.2f} "
+          f"[{allc['mae_ci'][0]:.2f}, {allc['mae_ci'][1]:.2f}], oracle {allc['oracle_mae']:.2f} "
+          f"(x{allc['mae_over_oracle']:.2f})")
     for site, m in per_site.items():
         print(f"  {site} ({'seen' if m['seen_in_training'] else 'unseen'}): n {m['n']}, MAE {m['mae']:.2f} "
-              f"[{m['mae_ci'][0]:.2f}, {m['mae_ci'][1]:.2f}]")
+              f"[{m['mae_ci'][0]:.2f}, {m['mae_ci'][1]:.2f}], oracle {m['oracle_mae']:.2f} "
+              f"(x{m['mae_over_oracle']:.2f}), mean gap {m['mean_gap']:+.2f}")
     print(f"patient gap: {gap}")
     print(f"wrote {write_result(args.name, figures)}")
     return 0

@@ -108,7 +108,7 @@ def test_demo_group_models_build_with_their_params():
 
     group = load_config("demo").group
     assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion", "ridge",
-                            "ridge_anat"]
+                            "ridge_anat", "ridge_func"]
     assert (group.cv.n_splits, group.cv.inner_splits) == (5, 3)
     # small networks that a 2-core laptop trains in the demo's minutes (bench/results/group.json)
     assert group.model_params["pidreg"]["max_epochs"] <= 300
