@@ -127,6 +127,21 @@ def main() -> int:
             held_out = {a: {"estimate": ho[a], "ci": [ho.get(f"{a}_ci_low"), ho.get(f"{a}_ci_high")],
                             "truth": truth["pid_bits"][a], "error": ho[a] - truth["pid_bits"][a]}
                         for a in ("U1", "U2", "R", "S")}
+    # What the inputs themselves carry: the same held-out PID with ridge's out-of-fold predictions
+    # from each modality alone as the sources (a second, linear reading of the features).
+    features_pid = None
+    if {"ridge_anat", "ridge_func"} <= set(predicted["model"]):
+        from brainage.pid import gaussian_pid, inverse_normal_transform
+
+        wide = predicted[predicted["group"] == "control"].pivot_table(
+            index="participant_id", columns="model", values="predicted_age")[["ridge_anat", "ridge_func"]]
+        ages = predicted.drop_duplicates("participant_id").set_index("participant_id").loc[wide.index, "age"]
+        res = gaussian_pid(inverse_normal_transform(ages.to_numpy(float)),
+                           inverse_normal_transform(wide["ridge_anat"].to_numpy(float)),
+                           inverse_normal_transform(wide["ridge_func"].to_numpy(float)),
+                           bias_correction=True, n_boot=2000, random_state=0)
+        features_pid = {a: {"estimate": float(getattr(res, a)), "ci": [float(v) for v in res.ci[a]],
+                            "truth": truth["pid_bits"][a]} for a in ("U1", "U2", "R", "S", "I1", "I2")}
     figures = {
         "cohort": metrics["cohort"], "config": args.config, "cv": metrics.get("cv"),
         "oracle_mae_controls_predicted": oracle,
@@ -136,6 +151,7 @@ def main() -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "models": models, "patient_gap_primary": gap,
         "pid_primary_held_out": held_out, "pid_primary_in_sample_fold_mean": atoms,
+        "pid_features_ridge_held_out": features_pid,
         "group_config": config.group.model_dump(mode="json"),
     }
     for name, m in models.items():
@@ -143,7 +159,7 @@ def main() -> int:
               f"slope {m['gap_age_slope']:5.2f} -> {m['gap_age_slope_corrected']:5.2f}  "
               f"fit {m['fit_seconds']:6.1f} s")
     print(f"patient gap: {gap}")
-    for label, block in (("held-out", held_out), ("in-sample", atoms)):
+    for label, block in (("held-out", held_out), ("in-sample", atoms), ("ridge features", features_pid)):
         if block:
             print(f"PID {label}: " + ", ".join(f"{a} {v['estimate']:.2f} (truth {v['truth']:.2f})"
                                                for a, v in block.items()))
