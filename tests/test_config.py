@@ -215,3 +215,17 @@ def test_group_config_round_trips(tmp_path):
     assert config_hash(again, "group") == config_hash(cfg, "group")
     assert config_hash(cfg, "group") != config_hash(PipelineConfig(), "group")
     assert config_hash(cfg, "anat") == config_hash(PipelineConfig(), "anat")
+
+
+def test_cnn_pipeline_reads_the_maps_its_stages_write():
+    from brainage.estimators import registry
+
+    cfg = load_config("cnn")
+    inputs = cfg.group.inputs
+    assert {m: s.kind for m, s in inputs.items()} == {"anat": "maps", "func": "maps"}
+    assert inputs["anat"].resolution == cfg.anat.output_resolution
+    assert inputs["func"].resolution == cfg.func.output_resolution
+    assert set(inputs["func"].maps) <= set(cfg.func.maps)
+    assert cfg.anat == load_config("default").anat  # the same participant stages
+    for name in cfg.group.models:
+        registry.make_estimator(name, modalities=list(inputs), params=cfg.group.model_params.get(name))
