@@ -183,3 +183,25 @@ def test_rerun_reuses_unchanged_results_and_redoes_changed_ones(tmp_path, capsys
     assert main(argv) == 0
     assert "up to date" not in capsys.readouterr().out
     assert predictions.stat().st_mtime_ns != first
+
+
+def test_contributions_sum_to_each_out_of_fold_prediction(trained):
+    _, bids, deriv = trained
+    out = deriv / "group"
+    contrib = pd.read_csv(out / "contributions.tsv", sep="\t")
+    people = pd.read_csv(bids / "participants.tsv", sep="\t")
+    assert len(contrib) == len(people) and set(contrib["model"]) == {"pidreg"}
+    shap = [c for c in contrib.columns if c.startswith("shap_")]
+    assert shap == ["shap_anat", "shap_func", "shap_anat|func"]
+    # exact for controls (one fold model) and for patients (the mean over fold models is linear)
+    np.testing.assert_allclose(contrib["baseline_age"] + contrib[shap].sum(axis=1), contrib["predicted_age"],
+                               atol=1e-3)
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    pid = pred[pred["model"] == "pidreg"].set_index("participant_id")["predicted_age"]
+    np.testing.assert_allclose(contrib.set_index("participant_id")["predicted_age"], pid.loc[contrib["participant_id"]])
+    assert {"local_info_anat", "local_info_func", "local_info_joint"} <= set(contrib.columns)
+    assert np.isfinite(contrib[["local_info_anat", "local_info_joint"]]).all().all()
+    # the regional volumes follow age closely: held-out controls' latents make their age more likely
+    assert contrib.loc[contrib["group"] == "control", "local_info_anat"].mean() > 0.3
+    sidecar = json.loads((out / "contributions.json").read_text())
+    assert sidecar["shap_anat|func"]["Units"] == "years" and sidecar["local_info_joint"]["Units"] == "bits"

@@ -58,6 +58,14 @@ class ModelRun:
     folds : list of dict
         Per outer fold: sizes, seconds, the fitted bias correction, and for
         PIDReg-like models the PID atoms, fusion weights and held-out PID score.
+    contributions : pandas.DataFrame or None
+        For PIDReg models, indexed by participant key like ``predictions``: the
+        exact Shapley values of the prediction over the fusion terms
+        (``baseline_age``, ``shap_<term>``) and the pointwise information of each
+        modality's latent (``local_info_<modality>``, ``local_info_joint``, bits,
+        Gaussian model of the fold's training participants), from the fold
+        models that did not train on the participant (mean over them for
+        patients), :mod:`brainage.interpret.contributions`.
     fit_seconds : float
         Total seconds spent fitting (outer and inner models).
     predict_seconds_per_participant : float
@@ -67,6 +75,7 @@ class ModelRun:
     name: str
     predictions: pd.DataFrame
     folds: list = field(default_factory=list)
+    contributions: pd.DataFrame | None = None
     fit_seconds: float = 0.0
     predict_seconds_per_participant: float = 0.0
 
@@ -154,6 +163,20 @@ def _pid_info(est, X_test, y_test) -> dict:
     return info
 
 
+def _contributions(est, X_target, age_target, X_train, y_train) -> pd.DataFrame | None:
+    """Out-of-fold contributions of a PIDReg fold model (None for the other models)."""
+    from ..estimators.baselines import BaselineRegressor
+    from ..estimators.regressor import PIDRegressor
+    from ..interpret.contributions import fusion_shapley, local_information
+
+    if not isinstance(est, PIDRegressor) or isinstance(est, BaselineRegressor):
+        return None
+    shap = fusion_shapley(est, X_target).drop(columns=["predicted_age"])
+    info = local_information(est, X_target, age_target, reference_latents=est.transform(X_train),
+                             reference_age=y_train).drop(columns=["gaussian_age"], errors="ignore")
+    return pd.concat([shap, info.reset_index(drop=True)], axis=1)
+
+
 def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None) -> ModelRun:
     from ..estimators.registry import predict_by_modality
 
@@ -161,7 +184,7 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
     keys = parts.index.to_numpy(dtype=object)
     others = keys[folds == NOT_IN_FOLDS]
     k_folds = int(folds.max()) + 1
-    rows, fold_info = [], []
+    rows, fold_info, contrib = [], [], []
     fit_seconds = predict_seconds = 0.0
     n_predicted = 0
     for k in range(k_folds):
@@ -171,8 +194,8 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
         t0 = time.perf_counter()
         tf = FeatureTransforms.fit(cohort, train, cfg, modalities, seed=seed)
         y_train = parts.loc[train, "age"].to_numpy(float)
-        est = _fit(name, modalities, params, seed, device, tf.inputs(cohort, train, modalities, cache),
-                   y_train)
+        X_train = tf.inputs(cohort, train, modalities, cache)
+        est = _fit(name, modalities, params, seed, device, X_train, y_train)
         if cfg.bias_correction.method == "none":
             oos = y_train  # unused by the identity correction
         else:
@@ -191,6 +214,9 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
         for m, p in predict_by_modality(est, X_target).items():
             frame[f"predicted_age_{m}"] = p
         rows.append(frame)
+        parts_c = _contributions(est, X_target, parts.loc[target, "age"].to_numpy(float), X_train, y_train)
+        if parts_c is not None:
+            contrib.append(parts_c.assign(key=target))
         n_test = len(test)
         X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
         info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
@@ -208,7 +234,12 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
     preds.insert(0, "n_models", grouped.size())
     preds.insert(0, "fold", grouped["fold"].max())
     preds = preds.reindex([k for k in keys if k in preds.index])
-    return ModelRun(name=name, predictions=preds, folds=fold_info, fit_seconds=fit_seconds,
+    contributions = None
+    if contrib:
+        contributions = pd.concat(contrib, ignore_index=True).groupby("key", sort=False).mean()
+        contributions = contributions.reindex(preds.index)
+    return ModelRun(name=name, predictions=preds, folds=fold_info, contributions=contributions,
+                    fit_seconds=fit_seconds,
                     predict_seconds_per_participant=predict_seconds / max(n_predicted, 1))
 
 

@@ -72,6 +72,19 @@ def group_dir(output_dir) -> Path:
 def _describe(column: str) -> dict:
     if column in COLUMNS:
         text, units = COLUMNS[column]
+    elif column == "baseline_age":
+        text, units = ("Prediction with every fusion term at the training-mean latents (the Shapley "
+                       "baseline; the same for every participant of a fold model).", "years")
+    elif column.startswith("shap_"):
+        term = column.removeprefix("shap_")
+        kind = "synergy term of the pair" if "|" in term else "fusion term of the modality"
+        text, units = (f"Exact Shapley value of the {kind} {term} in the predicted age, out of fold "
+                       "(baseline_age + the shap_ columns = predicted_age).", "years")
+    elif column.startswith("local_info_"):
+        which = column.removeprefix("local_info_")
+        text, units = (f"Pointwise information of the {which} latent(s) about this participant's "
+                       "Gaussianized age under the fold's Gaussian model (positive: the latent "
+                       "makes the true age more likely than the population does).", "bits")
     elif column.startswith("predicted_age_") and column != "predicted_age_corrected":
         text, units = (f"Predicted age from the {column.removeprefix('predicted_age_')} modality "
                        "alone (the same fitted model, the other modality left out).", "years")

@@ -156,6 +156,10 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     primary = cfg.primary_model
     files = write_common(out, cohort, table, result.runs, primary, {"cv": result.settings})
     files["pid"] = write_json(pid_report(result.runs[primary], cohort.participants), out / "pid.json")
+    contributions = result.runs[primary].contributions
+    if contributions is not None:
+        files["contributions"] = write_table(contributions_table(cohort.participants, result.runs[primary]),
+                                             out / "contributions.tsv")
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -197,6 +201,15 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
                 "seconds": seconds, "versions": software_versions()}, out / "provenance.json")
     return GroupOutputs(directory=out, files=files, headline=headline, seconds=seconds)
+
+
+def contributions_table(participants, run):
+    """One row per participant: identifiers, the prediction and its out-of-fold decomposition."""
+    ids = participants[["participant_id", "session", "age", "group"]]
+    frame = ids.join(run.predictions[["fold", "n_models", "predicted_age"]], how="inner")
+    frame = frame.join(run.contributions, how="left")
+    frame.insert(4, "model", run.name)
+    return frame.reset_index(drop=True)
 
 
 def headline_metrics(table, model: str) -> dict:
