@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIDS_VALIDATOR_VERSION ?= 1.15.0
 DEMO_DIR ?= brainage-demo
 
-.PHONY: install demo test test-all lint bench tools clean
+.PHONY: install demo test test-all lint bench tools chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,17 @@ install: $(VENV)/.installed
 .tools/node_modules/.bin/bids-validator:
 	npm install --silent --no-audit --no-fund --prefix .tools "bids-validator@$(BIDS_VALIDATOR_VERSION)"
 
-tools: .tools/node_modules/.bin/bids-validator
+# Debian's chromium for the browser test of the reports (Playwright drives it through
+# its executable path; no browser is downloaded). Installed with apt-get when run as root.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	else echo "the browser test needs Debian's chromium: sudo apt-get install chromium"; exit 1; fi
+
+tools: .tools/node_modules/.bin/bids-validator chromium
 
 demo: install
 	$(BIN)/brainage demo $(DEMO_DIR)

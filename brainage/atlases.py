@@ -43,7 +43,7 @@ import numpy as np
 from .exceptions import BrainageError, UsageError
 from .resources import data_dir
 
-__all__ = ["Atlas", "AtlasError", "UnknownAtlasError", "list_atlases", "load_atlas"]
+__all__ = ["Atlas", "AtlasError", "UnknownAtlasError", "list_atlases", "load_atlas", "region_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +355,39 @@ def _load_coords(entry: dict, regions):
         )
     merged = regions.merge(out, on="index", how="left", validate="one_to_one")
     return merged, str(path)
+
+
+def region_table(atlas_id: str):
+    """Return the region table of a registry atlas without loading its image.
+
+    Parameters
+    ----------
+    atlas_id : str
+        Registry id, e.g. ``"HarvardOxford"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``index, name, hemisphere, lobe, network``, one row per region (a copy).
+
+    Raises
+    ------
+    UnknownAtlasError
+        The id is not in the registry.
+    AtlasError
+        The entry or its region table is malformed.
+
+    Examples
+    --------
+    >>> region_table("HarvardOxford").set_index("index").loc[103, "lobe"]
+    'limbic'
+    """
+    return _region_table(atlas_id).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _region_table(atlas_id: str):
+    return _read_regions(_read_entry(atlas_id))
 
 
 @functools.lru_cache(maxsize=16)

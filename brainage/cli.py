@@ -96,6 +96,10 @@ def _app_parser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--model", type=Path, metavar="BUNDLE", help="group: apply a trained model")
     group.add_argument("--train", action="store_true", help="group: train (and cross-validate) a model")
+    group.add_argument("--report-only", action="store_true",
+                       help="group: rebuild OUTPUT_DIR/reports from the existing group outputs (no fitting)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="group: write the group tables and the bundle, not the HTML reports")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
@@ -237,14 +241,19 @@ def run_group_level(args) -> int:
     discover_check(bids_dir)
     output_dir = validate_output_dir(bids_dir, args.output_dir)
     config = load_config(args.config_file)
+    from .levels import group_summary, run_group, run_reports
+
+    if args.report_only:
+        print("\n".join(run_reports(output_dir).summary()))
+        return 0
     if not (args.train or args.model):
         raise UsageError(
             "group: say what to do: --train (cross-validate the configured models and bundle the "
-            "primary one) or --model BUNDLE (apply a trained bundle to this cohort)"
+            "primary one), --model BUNDLE (apply a trained bundle to this cohort) or --report-only "
+            "(rebuild the reports of the last group run)"
         )
-    from .levels import group_summary, run_group
-
-    outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model)
+    outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model,
+                        report=not args.no_report)
     print("\n".join(group_summary(outputs)))
     return 0
 

@@ -93,7 +93,6 @@ def run_demo(out_dir, *, n_subjects: int = 40, seed: int = 0, nprocs: int = 2) -
     except UsageError as exc:
         lines.append(f"group level: stopped: {exc}")
         exit_code = exit_code or 2
-    lines.append(f"report: not available in brainage {__version__} yet")
     lines.append(f"demo finished in {time.perf_counter() - start:.0f} s")
     print("\n".join(lines))
     return exit_code

@@ -75,3 +75,12 @@ class GroupLevelError(UsageError):
     required, missing ages: the message says what was found and what to
     change (exit code 2).
     """
+
+
+class ReportFigureError(BrainageError, ValueError):
+    """The data handed to a report figure cannot be drawn.
+
+    A missing column, a table without rows, a column that is all NaN: the
+    message names the figure, the input and what is missing. The report
+    assembler catches it and lists it in the report's errors section.
+    """

@@ -2,8 +2,9 @@
 
 ``group --train``: :func:`brainage.group.train.train_group`;
 ``group --model BUNDLE``: :func:`brainage.group.apply.apply_bundle`. Both
-write ``OUTPUT_DIR/group/`` and return what they wrote; :func:`group_summary`
-turns that into the lines printed on the console.
+write ``OUTPUT_DIR/group/``, then :func:`run_reports` writes ``OUTPUT_DIR/reports/``
+from those files (``group --report-only`` runs only that); :func:`group_summary`
+turns what was written into the lines printed on the console.
 """
 
 from __future__ import annotations
@@ -12,10 +13,28 @@ from pathlib import Path
 
 from .exceptions import ModelBundleError, UsageError
 
-__all__ = ["group_summary", "run_group"]
+__all__ = ["group_summary", "run_group", "run_reports"]
 
 
-def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, device: str = "auto"):
+def run_reports(output_dir):
+    """Write the cohort report and the participant pages from the group outputs in ``output_dir``.
+
+    Returns
+    -------
+    brainage.reporting.assemble.ReportOutputs
+
+    Raises
+    ------
+    UsageError
+        ``OUTPUT_DIR/group`` holds no finished group run.
+    """
+    from .reporting.assemble import build_reports
+
+    return build_reports(output_dir)
+
+
+def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, device: str = "auto",
+              report: bool = True):
     """Train (cross-validate and bundle) or apply a bundle, on the cohort's derivatives.
 
     Parameters
@@ -31,10 +50,13 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
         A bundle written by a training run (``OUT/group/model``).
     device : str
         Device of the neural models.
+    report : bool
+        Write the HTML reports after the group tables (:func:`run_reports`).
 
     Returns
     -------
     brainage.group.train.GroupOutputs
+        With ``reports`` set to what :func:`run_reports` wrote (None when ``report`` is false).
 
     Raises
     ------
@@ -47,12 +69,16 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
         from .group.apply import apply_bundle
 
         try:
-            return apply_bundle(bids_dir, output_dir, model, device=device)
+            outputs = apply_bundle(bids_dir, output_dir, model, device=device)
         except ModelBundleError as exc:
             raise UsageError(str(exc)) from None
-    from .group.train import train_group
+    else:
+        from .group.train import train_group
 
-    return train_group(bids_dir, output_dir, config, device=device)
+        outputs = train_group(bids_dir, output_dir, config, device=device)
+    if report:
+        outputs.reports = run_reports(output_dir)
+    return outputs
 
 
 def group_summary(outputs) -> list[str]:
@@ -67,4 +93,6 @@ def group_summary(outputs) -> list[str]:
         )
     for name, path in outputs.files.items():
         lines.append(f"  {name}: {path}")
+    if getattr(outputs, "reports", None) is not None:
+        lines.extend(outputs.reports.summary())
     return lines

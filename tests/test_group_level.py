@@ -90,7 +90,7 @@ def trained(tmp_path_factory):
     bids, deriv = write_cohort(root)
     config = root / "group.yaml"
     config.write_text(CONFIG)
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config)])
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
     return code, bids, deriv
 
 
@@ -136,6 +136,10 @@ def test_bundle_predicts_a_new_cohort(trained, tmp_path):
     metrics = json.loads((deriv2 / "group" / "metrics.json").read_text())
     assert metrics["applied_bundle"]["model"] == "pidreg"
     assert np.isfinite(metrics["models"]["pidreg"]["controls"]["uncorrected"]["mae"])
+    # the reports of an applied bundle: one page per participant, said to come from a bundle
+    report = (deriv2 / "reports" / "cohort.html").read_text()
+    assert "a trained bundle applied to this cohort" in report
+    assert len(list((deriv2 / "reports").glob("sub-*.html"))) == 30
 
 
 def test_bundle_refuses_other_features(trained, tmp_path, capsys):
@@ -167,7 +171,7 @@ def test_rerun_reuses_unchanged_results_and_redoes_changed_ones(tmp_path, capsys
                       .replace("primary_model: pidreg", "primary_model: ridge")
                       .replace("    pidreg: {max_epochs: 25, latent_dim: 4, hidden: [16], batch_size: 64}\n", "")
                       .replace("  model_params:\n", ""))
-    argv = [str(bids), str(deriv), "group", "--train", "--config-file", str(config)]
+    argv = [str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"]
     assert main(argv) == 0
     predictions = deriv / "group" / "predictions.tsv"
     first = predictions.stat().st_mtime_ns
@@ -205,3 +209,28 @@ def test_contributions_sum_to_each_out_of_fold_prediction(trained):
     assert contrib.loc[contrib["group"] == "control", "local_info_anat"].mean() > 0.3
     sidecar = json.loads((out / "contributions.json").read_text())
     assert sidecar["shap_anat|func"]["Units"] == "years" and sidecar["local_info_joint"]["Units"] == "bits"
+
+
+def test_regions_rank_the_atlas_regions_out_of_fold(trained):
+    import nibabel as nib
+
+    _, bids, deriv = trained
+    out = deriv / "group"
+    regions = pd.read_csv(out / "regions.tsv", sep="\t")
+    assert list(regions.columns) == ["modality", "atlas", "level", "region", "index", "hemisphere", "lobe",
+                                     "network", "attribution", "ci_low", "ci_high", "mean_signed", "rank",
+                                     "n", "n_features"]
+    assert set(regions["modality"]) == {"anat", "func"} and set(regions["level"]) == {"region", "lobe"}
+    for _, block in regions.groupby(["modality", "level"]):
+        assert block["rank"].min() == 1 and block["rank"].max() <= len(block)
+        order = block.sort_values("rank")["attribution"].to_numpy()
+        assert (np.diff(order) <= 1e-9).all()
+    assert (regions["ci_low"] <= regions["attribution"]).all() and (regions["attribution"] <= regions["ci_high"]).all()
+    anat = regions[(regions["modality"] == "anat") & (regions["level"] == "region")]
+    assert {"Left_Frontal_Pole", "Lateral_Ventricles", "TIV"} <= set(anat["region"])
+    assert json.loads((out / "regions.json").read_text())["attribution"]["Units"] == "years"
+    people = pd.read_csv(out / "regions_participants.tsv", sep="\t")
+    n_region_rows = int((regions["level"] == "region").sum())
+    assert len(people) == len(pd.read_csv(bids / "participants.tsv", sep="\t")) * n_region_rows
+    img = nib.load(out / "regions_anat_attribution.nii.gz")
+    assert np.isclose(np.asarray(img.dataobj).max(), anat.loc[anat["index"].notna(), "attribution"].max(), atol=1e-5)

@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     write_maps(bids, deriv)
     config = root / "maps.yaml"
     config.write_text(CONFIG)
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config)])
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
     return code, bids, deriv
 
 
@@ -90,7 +90,7 @@ def test_cnn_bundle_applies_to_new_maps(trained, tmp_path):
     _, _, deriv = trained
     bids2, deriv2 = write_cohort(tmp_path, n=12, seed=5)
     write_maps(bids2, deriv2, seed=5)
-    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
+    code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model"), "--no-report"])
     assert code == 0
     pred = pd.read_csv(deriv2 / "group" / "predictions.tsv", sep="\t")
     assert len(pred) == 12 and np.isfinite(pred["predicted_age"]).all()

@@ -297,11 +297,21 @@ class GroupConfig(_Section):
     groups: list[str] | None = Field(
         default=None, description="Group labels kept (none: all); others are excluded."
     )
+    conditions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Group label -> condition of the report's literature table (reports/literature.tsv), "
+        "for labels that are not a condition's name or synonym (e.g. patient: schizophrenia).",
+    )
     missing_modality: Literal["exclude", "available"] = Field(
         default="exclude",
         description="Exclude a participant missing a modality, or keep the modalities it has.",
     )
     qc: GroupQCConfig = GroupQCConfig()
+    attributions: bool = Field(
+        default=True,
+        description="Attribute the primary model's out-of-fold predictions to atlas regions, "
+        "lobes and networks (ablation of raw features; group/regions.tsv).",
+    )
     cache_maps_gb: float = Field(
         default=4.0, ge=0,
         description="Keep MNI maps in memory after their first read when the cohort's maps take at "

@@ -131,6 +131,7 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     })
     files["applied"] = write_json({"bundle": str(Path(bundle).resolve()), "model": name,
                                    "n_predicted": len(keys),
-                                   "mean_predicted_age": float(np.mean(pred))}, out / "applied.json")
+                                   "mean_predicted_age": float(np.mean(pred)),
+                                   "files": {k: str(v) for k, v in files.items()}}, out / "applied.json")
     return GroupOutputs(directory=out, files=files, headline=headline_metrics(table_all, name),
                         seconds=time.perf_counter() - start)

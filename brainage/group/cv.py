@@ -66,6 +66,12 @@ class ModelRun:
         Gaussian model of the fold's training participants), from the fold
         models that did not train on the participant (mean over them for
         patients), :mod:`brainage.interpret.contributions`.
+    region_attributions : brainage.interpret.regions.RegionAttributions or None
+        For the primary model (``group.attributions``): each participant's signed
+        attribution of the predicted age to every atlas region, lobe and network of
+        the tabular modalities (ablation of raw features to the fold's training-control
+        mean), from the fold models that did not train on the participant (mean over
+        them for patients), :mod:`brainage.interpret.regions`.
     fit_seconds : float
         Total seconds spent fitting (outer and inner models).
     predict_seconds_per_participant : float
@@ -76,6 +82,7 @@ class ModelRun:
     predictions: pd.DataFrame
     folds: list = field(default_factory=list)
     contributions: pd.DataFrame | None = None
+    region_attributions: object = None
     fit_seconds: float = 0.0
     predict_seconds_per_participant: float = 0.0
 
@@ -177,14 +184,16 @@ def _contributions(est, X_target, age_target, X_train, y_train) -> pd.DataFrame 
     return pd.concat([shap, info.reset_index(drop=True)], axis=1)
 
 
-def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None) -> ModelRun:
+def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
+               attributions: bool = False) -> ModelRun:
     from ..estimators.registry import predict_by_modality
+    from ..interpret.regions import ablation_attributions, combine_folds
 
     parts = cohort.participants
     keys = parts.index.to_numpy(dtype=object)
     others = keys[folds == NOT_IN_FOLDS]
     k_folds = int(folds.max()) + 1
-    rows, fold_info, contrib = [], [], []
+    rows, fold_info, contrib, regional = [], [], [], []
     fit_seconds = predict_seconds = 0.0
     n_predicted = 0
     for k in range(k_folds):
@@ -217,11 +226,16 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
         parts_c = _contributions(est, X_target, parts.loc[target, "age"].to_numpy(float), X_train, y_train)
         if parts_c is not None:
             contrib.append(parts_c.assign(key=target))
+        if attributions:
+            regional.append(ablation_attributions(est, tf, cohort, train, target, modalities,
+                                                  cache=cache))
         n_test = len(test)
         X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
         info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
                 "n_others": len(others), "transforms": tf.summary(),
                 "bias_correction": corr.to_dict()}
+        if regional and regional[-1] is not None:
+            info["attribution_seconds"] = round(regional[-1].seconds, 3)
         if n_test and all(isinstance(v, np.ndarray) for v in X_target.values()):
             info.update(_pid_info(est, X_test, parts.loc[test, "age"].to_numpy(float)))
         fold_info.append(info)
@@ -238,8 +252,11 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None)
     if contrib:
         contributions = pd.concat(contrib, ignore_index=True).groupby("key", sort=False).mean()
         contributions = contributions.reindex(preds.index)
+    region_attr = None
+    if any(r is not None for r in regional):
+        region_attr = combine_folds(regional)
     return ModelRun(name=name, predictions=preds, folds=fold_info, contributions=contributions,
-                    fit_seconds=fit_seconds,
+                    region_attributions=region_attr, fit_seconds=fit_seconds,
                     predict_seconds_per_participant=predict_seconds / max(n_predicted, 1))
 
 
@@ -309,7 +326,8 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
         sub = cohort if usable.all() else cohort.subset(parts.index[usable])
         t0 = time.perf_counter()
         runs[name] = _run_model(name, sub, folds[usable], cfg, mods,
-                                dict(cfg.model_params.get(name, {})), device, cache)
+                                dict(cfg.model_params.get(name, {})), device, cache,
+                                attributions=cfg.attributions and name == cfg.primary_model)
         logger.info("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
     settings = {"n_splits": int(folds.max()) + 1, "scheme": cfg.cv.scheme, "seed": cfg.cv.seed,
                 "inner_splits": cfg.cv.inner_splits, "n_controls": n_controls,

@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..io import atomic_write_json, atomic_write_tsv, jsonable
 
-__all__ = ["COLUMNS", "group_dir", "jsonable", "write_json", "write_table"]
+__all__ = ["COLUMNS", "REGIONS_COLUMNS", "REGION_PARTICIPANT_COLUMNS", "group_dir", "jsonable", "write_json",
+           "write_table"]
 
 #: Descriptions of every column the group level writes.
 COLUMNS = {
@@ -59,6 +60,56 @@ COLUMNS = {
     "q": ("Cochran's Q.", None),
     "q_p": ("p-value of Cochran's Q.", None),
     "k_sites": ("Sites pooled.", None),
+    "feature": ("Regional feature as the group level names it (<atlas>_<label index>, or a tissue "
+                "total such as ventricles_ml).", None),
+    "value": ("The participant's value of the feature (units in the units column).", None),
+    "expected": ("Normative value for the participant's age and sex: OLS feature ~ 1 + age + age^2 + "
+                 "sex on the controls (for a control, fitted without them).", None),
+    "z": ("Deviation from the controls' normative model: the standardized prediction error "
+          "(controls: externally studentized residual, leave-one-out).", None),
+    "flagged": ("Whether |z| > 1.96 (outside the central 95 % band of controls of that age and sex).", None),
+    "units": ("Units of value and expected.", None),
+}
+
+#: Columns of ``regions.tsv`` (:func:`brainage.interpret.regions.region_summary`), which override
+#: :data:`COLUMNS` where a name is shared.
+REGIONS_COLUMNS = {
+    "modality": ("Modality whose raw features were ablated (group.inputs key).", None),
+    "atlas": ("Atlas of the modality's features (brainage.atlases id); n/a without one.", None),
+    "level": ("Unit ablated: 'region' (one atlas region, or a tissue total), 'lobe' or 'network' "
+              "(every feature of every region of the lobe/network at once: a group ablation, not a "
+              "sum of region rows). Tissue totals are units of their own at every level.", None),
+    "region": ("Atlas region name, lobe or network name, or a tissue total (Total_GM, Total_WM, "
+               "Total_CSF, TIV, Lateral_Ventricles).", None),
+    "index": ("Label value of the region in the atlas image; n/a for tissue totals, lobes and "
+              "networks.", None),
+    "hemisphere": ("Hemisphere of the region (bilateral for tissue totals and lobes/networks "
+                   "spanning both).", None),
+    "lobe": ("Lobe of the region from the atlas region table.", None),
+    "network": ("Network of the region from the atlas region table.", None),
+    "attribution": ("Mean over the out-of-fold controls of |predicted_age - predicted_age with the "
+                    "unit's raw features set to the training-fold control mean| (primary model; "
+                    "each control explained by the fold model that did not train on it).", "years"),
+    "ci_low": ("Lower bound of the 95 % interval of attribution: percentile bootstrap over the "
+               "controls (1000 resamples; fold models held fixed).", "years"),
+    "ci_high": ("Upper bound of the 95 % interval of attribution (bootstrap over controls).", "years"),
+    "mean_signed": ("Mean over the out-of-fold controls of the signed attribution (positive: the "
+                    "unit's values raise predicted ages above those at the training mean).", "years"),
+    "rank": ("Rank of attribution within modality and level (1 = largest; ties share the best "
+             "rank).", None),
+    "n": ("Out-of-fold controls averaged.", None),
+    "n_features": ("Raw features ablated together (a region's connectivity profile: every edge "
+                   "touching it).", None),
+}
+#: Columns of ``regions_participants.tsv`` (:func:`brainage.interpret.regions.participant_regions`).
+REGION_PARTICIPANT_COLUMNS = {
+    "modality": REGIONS_COLUMNS["modality"],
+    "atlas": REGIONS_COLUMNS["atlas"],
+    "region": REGIONS_COLUMNS["region"],
+    "attribution": ("Signed attribution of this participant's predicted age to the region: "
+                    "predicted_age - predicted_age with the region's raw features set to the "
+                    "training-fold control mean, out of fold (controls: the fold model that did not "
+                    "train on them; patients: the mean over the fold models).", "years"),
 }
 
 
@@ -69,8 +120,10 @@ def group_dir(output_dir) -> Path:
     return path
 
 
-def _describe(column: str) -> dict:
-    if column in COLUMNS:
+def _describe(column: str, columns: dict | None = None) -> dict:
+    if columns and column in columns:
+        text, units = columns[column]
+    elif column in COLUMNS:
         text, units = COLUMNS[column]
     elif column == "baseline_age":
         text, units = ("Prediction with every fusion term at the training-mean latents (the Shapley "
@@ -93,7 +146,7 @@ def _describe(column: str) -> dict:
     return {"Description": text, **({"Units": units} if units else {})}
 
 
-def write_table(frame: pd.DataFrame, path) -> Path:
+def write_table(frame: pd.DataFrame, path, *, columns: dict | None = None) -> Path:
     """Write ``frame`` as TSV (``n/a`` for missing) with its JSON sidecar, atomically.
 
     Parameters
@@ -102,6 +155,9 @@ def write_table(frame: pd.DataFrame, path) -> Path:
         The table (its index is not written).
     path : path-like
         ``….tsv``; the sidecar is written beside it as ``….json``.
+    columns : dict, optional
+        Column name → (description, units) of this table, taking precedence over
+        :data:`COLUMNS` (e.g. :data:`REGIONS_COLUMNS`).
 
     Returns
     -------
@@ -113,7 +169,7 @@ def write_table(frame: pd.DataFrame, path) -> Path:
     for c in out.columns:
         if out[c].dtype.kind == "f":
             out[c] = out[c].round(6)
-    atomic_write_json(path.with_suffix(".json"), {c: _describe(c) for c in out.columns})
+    atomic_write_json(path.with_suffix(".json"), {c: _describe(c, columns) for c in out.columns})
     return atomic_write_tsv(path, out)
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cv import cross_validate, fit_correction, model_modalities, validation_split
-from .outputs import group_dir, write_json, write_table
+from .deviations import deviations_table
+from .outputs import REGION_PARTICIPANT_COLUMNS, REGIONS_COLUMNS, group_dir, write_json, write_table
 from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pid_report, predictions_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group"]
+__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group", "write_regions"]
 
 BUNDLE_KIND = "brainage-group-model"
 
@@ -36,6 +37,7 @@ class GroupOutputs:
     headline: dict = field(default_factory=dict)
     seconds: float = 0.0
     up_to_date: bool = False
+    reports: object = None
 
 
 def cohort_fingerprint(cohort, cfg) -> str:
@@ -106,6 +108,12 @@ def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: di
         "models": metrics_report(table, runs),
     }
     files["metrics"] = write_json(metrics, out / "metrics.json")
+    deviations = deviations_table(cohort)
+    if deviations is not None:
+        files["deviations"] = write_table(deviations, out / "deviations.tsv")
+    else:
+        (out / "deviations.tsv").unlink(missing_ok=True)
+        (out / "deviations.json").unlink(missing_ok=True)
     return files
 
 
@@ -160,6 +168,9 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     if contributions is not None:
         files["contributions"] = write_table(contributions_table(cohort.participants, result.runs[primary]),
                                              out / "contributions.tsv")
+    if result.runs[primary].region_attributions is not None:
+        files.update(write_regions(out, cohort.participants, result.runs[primary].region_attributions,
+                                   seed=cfg.cv.seed))
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -201,6 +212,36 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
                 "seconds": seconds, "versions": software_versions()}, out / "provenance.json")
     return GroupOutputs(directory=out, files=files, headline=headline, seconds=seconds)
+
+
+def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> dict:
+    """Write ``regions.tsv``, ``regions_participants.tsv`` and the attribution maps; return the paths.
+
+    One map ``regions_<modality>_attribution.nii.gz`` per modality whose atlas is a volume
+    atlas of the registry (the label image painted with each region's attribution); a map
+    that cannot be made is logged and skipped.
+    """
+    from ..atlases import AtlasError
+    from ..interpret.regions import attribution_image, participant_regions, region_summary
+    from ..io import save_nifti
+
+    summary = region_summary(attributions, participants, seed=seed)
+    files = {
+        "regions": write_table(summary, out / "regions.tsv", columns=REGIONS_COLUMNS),
+        "regions_participants": write_table(participant_regions(attributions, participants),
+                                            out / "regions_participants.tsv",
+                                            columns=REGION_PARTICIPANT_COLUMNS),
+    }
+    for modality in dict.fromkeys(summary["modality"]):
+        try:
+            image = attribution_image(summary, modality)
+        except AtlasError as exc:
+            logger.warning("no attribution map of %s: %s", modality, exc)
+            continue
+        if image is not None:
+            files[f"regions_{modality}_attribution"] = save_nifti(
+                image, out / f"regions_{modality}_attribution.nii.gz")
+    return files
 
 
 def contributions_table(participants, run):

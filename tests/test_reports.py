@@ -1,0 +1,236 @@
+"""The cohort report and participant pages: content, errors section, atomic writes, --report-only."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.cli import main
+from brainage.exceptions import UsageError
+from brainage.reporting import assemble
+from brainage.reporting.assemble import build_reports, load_layout
+from brainage.reporting.participant import MIN_REFERENCE, page_name, reference_controls
+
+from .test_group_level import CONFIG, write_cohort
+
+#: A QC figure of the participant level (what the anat stage writes under figures/).
+QC_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20" viewBox="0 0 40 20">'
+          '<rect width="40" height="20" fill="#888"/></svg>')
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("reports")
+    bids, deriv = write_cohort(root, n=36, seed=7)
+    figures = deriv / "sub-01" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    (figures / "sub-01_desc-mosaic_T1w.svg").write_text(QC_SVG)
+    config = root / "group.yaml"
+    config.write_text(CONFIG.replace("  primary_model: pidreg\n",
+                                     "  primary_model: pidreg\n  conditions: {patient: schizophrenia}\n"))
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config)])
+    assert code == 0
+    return bids, deriv
+
+
+def _html(deriv, name="cohort.html") -> str:
+    return (deriv / "reports" / name).read_text(encoding="utf-8")
+
+
+def test_training_writes_the_cohort_report_and_a_page_per_participant(reported):
+    bids, deriv = reported
+    people = pd.read_csv(bids / "participants.tsv", sep="\t")
+    pages = sorted(p.name for p in (deriv / "reports").glob("sub-*.html"))
+    assert pages == sorted(f"{p}.html" for p in people["participant_id"])
+    html = _html(deriv)
+    # the sections of the layout, in its order
+    ids = [s["id"] for s in load_layout()["cohort"]["sections"]]
+    positions = [html.index(f'<section id="{i}">') for i in ids]
+    assert positions == sorted(positions) and len(ids) == 8
+    # uncorrected accuracy comes before the corrected metrics, which say they are not accuracy
+    assert html.index("out of sample (uncorrected)") < html.index("After age-bias correction (not accuracy)")
+    # figures are inline SVG data; nothing refers to the network
+    assert html.count('src="data:image/svg+xml;base64,') >= 10
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "None: every figure and table of this report was drawn." in html
+
+
+def test_cohort_report_compares_with_the_mapped_literature_and_explains_pid(reported):
+    _, deriv = reported
+    html = _html(deriv)
+    literature = html[html.index('<section id="literature">'):html.index('<section id="modalities">')]
+    assert "group &#39;patient&#39; → schizophrenia" in literature
+    assert "Constantinides et al. 2023" in literature and "doi:10.1038/s41380-022-01897-w" in literature
+    assert "Han et al. 2021" not in literature  # only the matched condition's studies
+    assert "Published gaps come from other models" in literature
+    pid = html[html.index('<section id="modalities">'):html.index('<section id="atlas">')]
+    assert "bits" in pid and "U1" in pid and "fusion weights" in pid
+    assert "Modality selection" in pid
+
+
+def test_participant_page_shows_estimate_deviations_and_qc(reported):
+    _, deriv = reported
+    page = _html(deriv, "sub-01.html")
+    assert "95 % interval of the corrected prediction" in page
+    assert "percentile of the corrected gap" in page
+    assert "no basis for a diagnosis" in page and "d ≈ 0.1–0.5" in page
+    assert "Flagged regional measures" in page or "No measure is flagged." in page
+    assert 'href="cohort.html"' in page
+    # the participant level's QC mosaic is inlined, and the cohort QC table links to it
+    assert page.count('src="data:image/svg+xml;base64,') >= 4
+    assert 'href="../sub-01/figures/sub-01_desc-mosaic_T1w.svg"' in _html(deriv)
+
+
+def test_report_only_rebuilds_the_reports_without_training(reported, capsys):
+    bids, deriv = reported
+    predictions = deriv / "group" / "predictions.tsv"
+    model = deriv / "group" / "model" / "model.safetensors"
+    before = predictions.stat().st_mtime_ns, model.stat().st_mtime_ns
+    (deriv / "reports" / "cohort.html").write_text("stale")
+    assert main([str(bids), str(deriv), "group", "--report-only"]) == 0
+    assert (predictions.stat().st_mtime_ns, model.stat().st_mtime_ns) == before
+    assert "Brain-age report" in _html(deriv)
+    assert "reports (" in capsys.readouterr().out
+
+
+def test_report_only_without_a_group_run_is_a_usage_error(tmp_path, capsys):
+    bids, deriv = write_cohort(tmp_path, n=4)
+    assert main([str(bids), str(deriv), "group", "--report-only"]) == 2
+    assert "group --train" in capsys.readouterr().err
+
+
+def test_a_failing_figure_is_listed_and_the_rest_is_written(reported, monkeypatch):
+    _, deriv = reported
+
+    def broken(data, ctx, path):
+        raise RuntimeError("simulated drawing failure")
+
+    monkeypatch.setitem(assemble.COHORT_FIGURES, "gap_by_group", broken)
+    out = build_reports(deriv, participants=False)
+    html = _html(deriv)
+    assert any(e["what"] == "gap_by_group" for e in out.errors)
+    errors = html[html.index('<section id="errors">'):]
+    assert "gap_by_group" in errors and "simulated drawing failure" in errors
+    assert 'id="fig-site_forest"' in html and 'id="fig-gap_by_group"' not in html
+
+
+def test_a_failed_build_leaves_the_existing_report_in_place(reported, monkeypatch):
+    _, deriv = reported
+    before = _html(deriv)
+    pages = sorted((deriv / "reports").glob("sub-*.html"))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(assemble, "cohort_context", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_reports(deriv)
+    assert _html(deriv) == before
+    assert sorted((deriv / "reports").glob("sub-*.html")) == pages
+    assert not list(deriv.glob(".reports-*"))
+
+
+def test_a_broken_layout_names_the_file(tmp_path):
+    bad = tmp_path / "layout.yaml"
+    bad.write_text("cohort: {sections: [{title: no id}]}\nparticipant: {sections: []}\n")
+    with pytest.raises(UsageError, match=r"layout\.yaml.*cohort\.sections"):
+        load_layout(bad)
+
+
+def test_reference_controls_exclude_the_participant_and_widen_until_enough():
+    rng = np.random.default_rng(0)
+    n = 60
+    controls = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(n)], "session": None,
+                             "sex": np.where(np.arange(n) % 2, "F", "M"), "age": rng.uniform(20, 80, n),
+                             "gap_corrected": rng.normal(0, 4, n)})
+    me = controls.iloc[0]
+    ref, width = reference_controls(controls, me)
+    assert "sub-00" not in set(ref["participant_id"])
+    assert (ref["sex"] == me["sex"]).all()
+    assert len(ref) >= MIN_REFERENCE and (ref["age"] - me["age"]).abs().max() <= width
+    # a narrower window would hold fewer than the minimum
+    others = controls[(controls["participant_id"] != "sub-00") & (controls["sex"] == me["sex"])]
+    narrower = [w for w in assemble_windows() if w < width]
+    for w in narrower:
+        assert ((others["age"] - me["age"]).abs() <= w).sum() < MIN_REFERENCE
+
+
+def assemble_windows():
+    from brainage.reporting.participant import AGE_WINDOWS
+
+    return AGE_WINDOWS
+
+
+def test_page_names_carry_the_session():
+    assert page_name("sub-01", None) == "sub-01.html"
+    assert page_name("sub-01", "ses-2") == "sub-01_ses-2.html"
+    assert page_name("sub-01", "n/a") == "sub-01.html"
+
+
+def test_estimate_interval_is_the_prediction_minus_the_controls_gap_quantiles():
+    from brainage.reporting.data import ReportData
+    from brainage.reporting.participant import participant_context
+
+    rng = np.random.default_rng(1)
+    n = 40
+    controls = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(n)], "session": None,
+                             "sex": "F", "age": rng.uniform(40, 60, n), "group": "control", "site": "A",
+                             "gap_corrected": rng.normal(0, 3, n)})
+    row = pd.Series({"participant_id": "sub-99", "session": None, "sex": "F", "age": 50.0, "site": "A",
+                     "group": "patient", "predicted_age": 57.0, "gap": 7.0, "predicted_age_corrected": 56.0,
+                     "gap_corrected": 6.0})
+    ctx = participant_context(row, ReportData(output_dir=None, mode="train"), controls)
+    lo, hi = np.quantile(controls["gap_corrected"], [0.025, 0.975])
+    cells = dict(ctx["tables"]["estimate"]["rows"])
+    assert cells["95 % interval of the corrected prediction"] == f"[{56 - hi:.1f}, {56 - lo:.1f}] y"
+    pct = (controls["gap_corrected"] < 6.0).mean() * 100
+    assert cells["percentile of the corrected gap"].startswith(f"{pct:.0f}th among")
+
+
+def _chromium() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    assert shutil.which(path), ("Debian's chromium is needed for the browser test: "
+                                "`apt-get install chromium` (make tools does it as root)")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cohort.html", "sub-01.html"])
+def test_reports_render_in_a_real_browser(reported, name, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, deriv = reported
+    page_path = deriv / "reports" / name
+    html = page_path.read_text(encoding="utf-8")
+    assert not re.search(r"https?://(?!www\.w3\.org/)", html.replace('xmlns="http://www.w3.org/2000/svg"', ""))
+    problems, requests = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="load")
+            broken = page.evaluate(
+                "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+                ".map(i => i.alt)")
+            n_images = page.evaluate("document.images.length")
+            page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+        finally:
+            browser.close()
+    assert n_images >= (8 if name == "cohort.html" else 3)
+    assert broken == [], f"broken images: {broken}"
+    assert problems == []
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
