@@ -31,6 +31,8 @@ def reported(tmp_path_factory):
     figures = deriv / "sub-01" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     (figures / "sub-01_desc-mosaic_T1w.svg").write_text(QC_SVG)
+    (deriv / "logs").mkdir(exist_ok=True)
+    (deriv / "logs" / "20261201T000000_participant_config.yaml").write_text("name: testpipe\n")
     config = root / "group.yaml"
     config.write_text(CONFIG.replace("  primary_model: pidreg\n",
                                      "  primary_model: pidreg\n  conditions: {patient: schizophrenia}\n"))
@@ -66,6 +68,7 @@ def test_cohort_report_compares_with_the_mapped_literature_and_explains_pid(repo
     html = _html(deriv)
     literature = html[html.index('<section id="literature">'):html.index('<section id="modalities">')]
     assert "group &#39;patient&#39; → schizophrenia" in literature
+    assert "pipeline &#39;testpipe&#39;" in html[:html.index('<section id="accuracy">')]
     assert "Constantinides et al. 2023" in literature and "doi:10.1038/s41380-022-01897-w" in literature
     assert "Han et al. 2021" not in literature  # only the matched condition's studies
     assert "Published gaps come from other models" in literature
@@ -234,3 +237,12 @@ def test_reports_render_in_a_real_browser(reported, name, tmp_path):
     assert problems == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_pages_of_participants_no_longer_in_the_outputs_are_removed(reported):
+    _, deriv = reported
+    stale = deriv / "reports" / "sub-99.html"
+    stale.write_text("a participant excluded since")
+    out = build_reports(deriv, nprocs=1)
+    assert not stale.exists()
+    assert len(out.participants) == len(list((deriv / "reports").glob("sub-*.html")))

@@ -134,6 +134,10 @@ def normative_deviations(participants: pd.DataFrame, features: pd.DataFrame) -> 
     z_c[degenerate] = np.nan
     loo_expected[degenerate] = np.nan
     z[ctrl], expected[ctrl] = z_c, loo_expected
+    # A measure the model fits exactly (constant, or a function of age and sex) has no band.
+    scale = np.nanmax(np.abs(Yc), axis=0)
+    exact = np.sqrt(s2) <= 1e-9 * np.where(scale > 0, scale, 1.0)
+    z[:, exact] = np.nan
     z[~scorable], expected[~scorable] = np.nan, np.nan
     if (~scorable).any():
         logger.info("normative deviations: %d participant(s) without a normative value (sex unknown "

@@ -261,7 +261,89 @@ def _controls(pred: pd.DataFrame, labels) -> pd.DataFrame:
     return ctrl[ctrl["gap_corrected"].notna()]
 
 
-def build_reports(output_dir, *, layout=None, participants: bool = True) -> ReportOutputs:
+def _page_rows(pred: pd.DataFrame):
+    for _, r in pred.iterrows():
+        ses = r["session"] if isinstance(r["session"], str) else None
+        yield (str(r["participant_id"]), ses), r
+
+
+def _participant_pages(output_dir, layout, keys, stage, meta, data=None) -> tuple[list, list, float]:
+    """Render the pages of ``keys`` into ``stage``; return the file names, the errors and figure seconds.
+
+    Runs in the calling process or in a worker (which loads the group outputs itself).
+    """
+    data = data if data is not None else load_report_data(output_dir)
+    spec = load_layout(layout)
+    template = _environment().get_template("participant.html.j2")
+    css = (data_dir("reports") / "report.css").read_text(encoding="utf-8")
+    pred = data.primary_predictions()
+    controls = _controls(pred, data.control_labels)
+    scratch = Path(tempfile.mkdtemp(prefix=".figures-", dir=stage))
+    wanted = set(keys)
+    written, errors, seconds = [], [], 0.0
+    for key, r in _page_rows(pred):
+        if key not in wanted:
+            continue
+        name = page_name(*key)
+        where = name[:-5]
+        perrors: list = []
+        try:
+            pctx = participant_context(r, data, controls)
+            pctx["images"] = {"qc": _qc_images(pctx["inputs"]["qc_images"], perrors, where)}
+            t0 = time.perf_counter()
+            sections = _sections(
+                spec["participant"], pctx, PARTICIPANT_FIGURES, (pctx,), scratch, perrors, where
+            )
+            seconds += time.perf_counter() - t0
+            html = template.render(
+                meta=meta,
+                css=css,
+                title=spec["participant"].get("title", ""),
+                heading=pctx["title"],
+                sections=sections,
+                errors=perrors,
+                group=str(r["group"]),
+            )
+        except Exception as exc:
+            logger.warning("%s: page not written: %s", where, exc)
+            errors.append({"where": where, "what": "page", "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        (Path(stage) / name).write_text(html, encoding="utf-8")
+        written.append(name)
+        errors.extend(perrors)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return written, errors, seconds
+
+
+#: Fewest pages for which worker processes are worth their start-up (a few seconds each).
+PARALLEL_PAGES = 24
+
+
+def _render_pages(output_dir, layout, keys, stage, meta, data, nprocs) -> tuple[list, list, float]:
+    nprocs = max(1, min(nprocs, len(keys) // (PARALLEL_PAGES // 2) or 1))
+    if nprocs == 1:
+        return _participant_pages(output_dir, layout, keys, stage, meta, data=data)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [keys[i::nprocs] for i in range(nprocs)]
+    written, errors, seconds = [], [], 0.0
+    with ProcessPoolExecutor(nprocs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_participant_pages, output_dir, layout, chunk, stage, meta) for chunk in chunks
+        ]
+        for future in futures:
+            w, e, t = future.result()
+            written += w
+            errors += e
+            seconds += t
+    order = {page_name(*k): i for i, k in enumerate(keys)}
+    return sorted(written, key=order.get), errors, seconds
+
+
+def build_reports(
+    output_dir, *, layout=None, participants: bool = True, nprocs: int | None = None
+) -> ReportOutputs:
     """Write ``OUTPUT_DIR/reports/cohort.html`` and ``sub-<label>[_ses-<label>].html``.
 
     Parameters
@@ -271,7 +353,10 @@ def build_reports(output_dir, *, layout=None, participants: bool = True) -> Repo
     layout : path-like, optional
         A layout spec other than the shipped ``reports/layout.yaml``.
     participants : bool
-        Also write a page per participant.
+        Also write a page per participant (otherwise the existing pages are left as they are).
+    nprocs : int, optional
+        Worker processes for the participant pages (default: the CPUs, at most 4; one below
+        :data:`PARALLEL_PAGES` pages).
 
     Returns
     -------
@@ -289,19 +374,15 @@ def build_reports(output_dir, *, layout=None, participants: bool = True) -> Repo
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     spec = load_layout(layout)
-    env = _environment()
     css = (data_dir("reports") / "report.css").read_text(encoding="utf-8")
     final = output_dir / "reports"
     final.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".reports-", dir=output_dir))
-    figure_seconds = 0.0
+    nprocs = nprocs or min(os.cpu_count() or 1, 4)
     try:
         pred = data.primary_predictions()
-        pages: dict = {}
-        if participants and pred is not None:
-            for _, r in pred.iterrows():
-                ses = r["session"] if isinstance(r["session"], str) else None
-                pages[(str(r["participant_id"]), ses)] = page_name(str(r["participant_id"]), ses)
+        keys = [key for key, _ in _page_rows(pred)] if participants and pred is not None else []
+        pages = {key: page_name(*key) for key in keys}
         meta = {
             "version": __version__,
             "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -310,59 +391,32 @@ def build_reports(output_dir, *, layout=None, participants: bool = True) -> Repo
             "model": data.primary,
         }
         errors = [{"where": "cohort", "what": "input", "reason": p} for p in data.problems]
-
         ctx = cohort_context(data, pages)
         t0 = time.perf_counter()
         sections = _sections(spec["cohort"], ctx, COHORT_FIGURES, (data, ctx), stage, errors, "cohort")
-        figure_seconds += time.perf_counter() - t0
-        page_errors = []
-        written = []
-        if participants and pred is not None:
-            controls = _controls(pred, data.control_labels)
-            ptemplate = env.get_template("participant.html.j2")
-            for _, r in pred.iterrows():
-                key = (str(r["participant_id"]), r["session"] if isinstance(r["session"], str) else None)
-                where = pages[key][:-5]
-                perrors: list = []
-                try:
-                    pctx = participant_context(r, data, controls)
-                    pctx["images"] = {"qc": _qc_images(pctx["inputs"]["qc_images"], perrors, where)}
-                    t0 = time.perf_counter()
-                    psections = _sections(
-                        spec["participant"], pctx, PARTICIPANT_FIGURES, (pctx,), stage, perrors, where
-                    )
-                    figure_seconds += time.perf_counter() - t0
-                    html = ptemplate.render(
-                        meta=meta,
-                        css=css,
-                        title=spec["participant"].get("title", ""),
-                        heading=pctx["title"],
-                        sections=psections,
-                        errors=perrors,
-                        group=str(r["group"]),
-                    )
-                except Exception as exc:
-                    logger.warning("%s: page not written: %s", where, exc)
-                    page_errors.append(
-                        {"where": where, "what": "page", "reason": f"{type(exc).__name__}: {exc}"}
-                    )
-                    continue
-                (stage / pages[key]).write_text(html, encoding="utf-8")
-                written.append(pages[key])
-                page_errors.extend(perrors)
+        figure_seconds = time.perf_counter() - t0
+        written, page_errors, page_seconds = ([], [], 0.0)
+        if keys:
+            written, page_errors, page_seconds = _render_pages(
+                output_dir, layout, keys, stage, meta, data, nprocs
+            )
         errors.extend(page_errors)
-        html = env.get_template("cohort.html.j2").render(
-            meta=meta,
-            css=css,
-            title=spec["cohort"].get("title", ""),
-            sections=sections,
-            errors=errors,
-            pages=[{"href": pages[k], "text": pages[k][:-5]} for k in pages if pages[k] in written],
+        html = (
+            _environment()
+            .get_template("cohort.html.j2")
+            .render(
+                meta=meta,
+                css=css,
+                title=spec["cohort"].get("title", ""),
+                sections=sections,
+                errors=errors,
+                pages=[{"href": name, "text": name[:-5]} for name in written],
+            )
         )
         (stage / "cohort.html").write_text(html, encoding="utf-8")
         # Everything is complete: move into place (participant pages first, the cohort report last).
-        for stale in final.glob("sub-*.html"):
-            if stale.name not in written:
+        for stale in final.glob("sub-*.html") if participants else ():
+            if stale.name not in written:  # a participant no longer in the group outputs
                 stale.unlink()
         for name in written:
             os.replace(stage / name, final / name)
@@ -375,5 +429,5 @@ def build_reports(output_dir, *, layout=None, participants: bool = True) -> Repo
         participants=[final / n for n in written],
         errors=errors,
         seconds=time.perf_counter() - start,
-        figure_seconds=figure_seconds,
+        figure_seconds=figure_seconds + page_seconds,
     )

@@ -149,15 +149,20 @@ def region_brain_map(values: pd.DataFrame, atlas_img, path, *, title: str = "") 
     from nilearn import plotting
 
     image = _paint(values, atlas_img, "region_brain_map")
-    peak = float(np.abs(np.asarray(image.dataobj)).max()) or 1.0
-    fig = _new_figure(8.0, 2.4)
+    data = np.asarray(image.dataobj)
+    peak = float(np.abs(data).max()) or 1.0
+    signed_values = bool((data < 0).any())
+    fig = _new_figure(8.0, 2.6)
     fig.set_layout_engine(None)  # nilearn places its own axes
+    # signed values diverge around zero; non-negative ones (|attribution|) run from zero up
     plotting.plot_stat_map(
         image, display_mode="z", cut_coords=list(CUTS_Z), figure=fig, colorbar=True,
-        title=title or None, threshold=peak * 1e-6, draw_cross=False, black_bg=False,
-        annotate=True, cmap="RdBu_r", symmetric_cbar=True, vmax=peak,
-        resampling_interpolation="nearest",
+        title=None, threshold=peak * 1e-6, draw_cross=False, black_bg=False,
+        annotate=True, cmap="RdBu_r" if signed_values else "YlOrRd", symmetric_cbar=signed_values,
+        vmin=None if signed_values else 0.0, vmax=peak, resampling_interpolation="nearest",
     )
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.99)
     # display.close() needs a pyplot figure; _save releases ours
     return _save(fig, path)
 
@@ -206,7 +211,7 @@ def region_bars(regions: pd.DataFrame, path, *, top: int = 15) -> Path:
 
     def label(row):
         extra = [str(row[c]) for c in ("lobe", "network") if c in row and isinstance(row[c], str)
-                 and row[c] not in ("", "n/a")]
+                 and row[c] not in ("", "n/a") and str(row[c]) != str(row["region"])]
         return _label(row["region"]) + (f" ({', '.join(extra)})" if extra else "")
 
     ax.set_yticks(range(len(frame)), labels=[label(row) for _, row in frame.iterrows()], fontsize=8)

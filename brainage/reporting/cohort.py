@@ -172,7 +172,10 @@ def _run_text(data) -> str:
             f"{bc.get('degree', 1)}), fitted on out-of-fold controls only. ComBat: "
             f"{combat}."
         )
-    return f"{head} Inputs: {inp or DASH}. Software: {soft or DASH}."
+    pipe = data.pipeline or {}
+    pipeline = (f"Participant level: pipeline '{pipe['name']}' (effective configuration {pipe['config']}). "
+                if pipe else "")
+    return f"{pipeline}{head} Inputs: {inp or DASH}. Software: {soft or DASH}."
 
 
 def _exclusions_table(data):
@@ -341,7 +344,7 @@ def _groups_table(data):
     for _, r in groups.iterrows():
         het = ""
         if r["scope"] == "pooled" and pd.notna(r.get("i2")):
-            het = f"I² = {fmt(100 * r['i2'], 0)} %, τ² = {fmt(r['tau2'], 2)}, k = {int(r['k_sites'])}"
+            het = f"I² = {fmt(r['i2'], 0)} %, τ² = {fmt(r['tau2'], 2)}, k = {int(r['k_sites'])}"
         n = DASH if pd.isna(r.get("n")) else int(r["n"])
         rows.append(
             [
@@ -552,16 +555,54 @@ def _modality_accuracy(data):
     )
 
 
+def _expectation_text(data) -> str | None:
+    """Whether this cohort's atoms follow the literature's expectation (structural MRI dominates)."""
+    held = (data.pid or {}).get("held_out") or {}
+    if not data.pid.get("available") or not held:
+        return None
+    m1, m2 = _pair(held)
+    unique = {m1: held.get("U1", math.nan), m2: held.get("U2", math.nan)}
+    structural = next((m for m in unique if m.startswith("anat")), None)
+    if structural is None or not all(math.isfinite(v) for v in unique.values()):
+        return None
+    other = m2 if structural == m1 else m1
+    if unique[structural] >= unique[other]:
+        return (f"This cohort agrees: {fmt(unique[structural], 2)} bits unique to {structural} against "
+                f"{fmt(unique[other], 2)} unique to {other}.")
+    return (f"This cohort departs from it: {fmt(unique[other], 2)} bits unique to {other} against "
+            f"{fmt(unique[structural], 2)} unique to {structural}; check the per-modality accuracy below.")
+
+
+def _selection_text(data) -> str | None:
+    """Whether fusing beats the best single modality, from the modality-selection predictions."""
+    entry = ((data.metrics.get("models") or {}).get(data.primary) or {}).get("controls") or {}
+    per = {m: v for m, v in (entry.get("per_modality") or {}).items()
+           if math.isfinite(v.get("mae", math.nan))}
+    fused = entry.get("uncorrected") or {}
+    if not per or not math.isfinite(fused.get("mae", math.nan)):
+        return None
+    best = min(per, key=lambda m: per[m]["mae"])
+    interval = ci(fused.get("mae_ci_low"), fused.get("mae_ci_high"), 2)
+    if per[best]["mae"] < fused["mae"]:
+        return (f"From {modality_label(best)} alone the primary model's MAE is "
+                f"{fmt(per[best]['mae'], 2)} years against {fmt(fused['mae'], 2)} {interval} fused: in this "
+                f"cohort, fusing the modalities does not improve on {best} alone.")
+    return (f"Fusing improves on the best single modality: MAE {fmt(fused['mae'], 2)} {interval} years fused "
+            f"against {fmt(per[best]['mae'], 2)} from {modality_label(best)} alone.")
+
+
 def _modalities_text(data) -> list[str]:
+    text = [t for t in (_expectation_text(data), _selection_text(data)) if t]
     contrib = data.table("contributions")
     if contrib is None:
-        return ["Per-participant modality contributions are not available for this run."]
+        return [*text, "Per-participant modality contributions are not available for this run."]
     shap = [c for c in contrib.columns if c.startswith("shap_")]
     means = {c[5:]: float(contrib[c].abs().mean()) for c in shap}
     parts = ", ".join(f"{k}: {fmt(v, 2)} y" for k, v in means.items())
     return [
+        *text,
         f"Mean absolute contribution to predicted age per term (Shapley values, years): {parts}. "
-        "A contribution is relative to the cohort's mean prediction, not to the participant's age."
+        "A contribution is relative to the cohort's mean prediction, not to the participant's age.",
     ]
 
 

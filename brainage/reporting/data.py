@@ -55,6 +55,9 @@ class ReportData:
         One row per participant (and session): motion, registration, flags, QC figure paths.
     problems : list of str
         Files that could not be read, with the reason (listed in the report's errors).
+    pipeline : dict
+        ``name`` and ``config`` (path) of the participant level's latest effective configuration
+        (``OUTPUT_DIR/logs/*_config.yaml``), when there is one.
     """
 
     output_dir: Path
@@ -66,6 +69,7 @@ class ReportData:
     bundle: dict = field(default_factory=dict)
     qc: pd.DataFrame | None = None
     problems: list = field(default_factory=list)
+    pipeline: dict = field(default_factory=dict)
 
     @property
     def primary(self) -> str:
@@ -156,7 +160,22 @@ def load_report_data(output_dir) -> ReportData:
     bundle_dir = Path(record.get("bundle") or gdir / "model")
     data.bundle = _json(bundle_dir / "extra.json", problems)
     data.qc = participant_qc(output_dir)
+    data.pipeline = participant_pipeline(output_dir)
     return data
+
+
+def participant_pipeline(output_dir) -> dict:
+    """Name and path of the participant level's latest effective configuration (empty when none)."""
+    import yaml
+
+    configs = sorted(Path(output_dir).glob("logs/*_config.yaml"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(configs):
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        return {"name": str(spec.get("name", path.stem)), "config": str(path)}
+    return {}
 
 
 def _mean(values) -> float:

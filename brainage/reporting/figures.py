@@ -628,15 +628,12 @@ def literature_comparison(rows: pd.DataFrame, path) -> Path:
     ax = fig.subplots()
     ax.axvline(0, color="black", linewidth=0.7, zorder=1)
     ys = -np.arange(len(frame), dtype=float)
-    right = blended_transform_factory(ax.transAxes, ax.transData)
     for y, is_cohort, (_, row) in zip(ys, cohort, frame.iterrows()):
         color = HIGHLIGHT if is_cohort else "#8c8c8c"
         _draw_interval(ax, y, row["gap"], row["ci_low"], row["ci_high"], color, summary=False)
         if is_cohort:
             ax.plot([row["gap"]], [y], marker="D", markersize=7, color=color, markeredgecolor="black",
                     markeredgewidth=0.5, zorder=4)
-        ax.text(1.03, y, _estimate_text(row["gap"], row["ci_low"], row["ci_high"]), transform=right,
-                va="center", fontsize=8, color=color)
     has_modality = "modality" in frame
     labels = [f"{row['label']} ({row['modality']})" if has_modality and isinstance(row["modality"], str)
               and row["modality"] else str(row["label"]) for _, row in frame.iterrows()]
@@ -648,6 +645,16 @@ def literature_comparison(rows: pd.DataFrame, path) -> Path:
     ax.spines["left"].set_visible(False)
     ax.tick_params(axis="y", length=0)
     ax.set_xlabel("Brain-age gap (years)")
+    # the estimates as right-hand tick labels, so that the layout makes room for them
+    est = ax.twinx()
+    est.set_ylim(ax.get_ylim())
+    estimates = [_estimate_text(r["gap"], r["ci_low"], r["ci_high"]) for _, r in frame.iterrows()]
+    est.set_yticks(ys, labels=estimates, fontsize=8)
+    for tick, is_cohort in zip(est.get_yticklabels(), cohort):
+        tick.set_color(HIGHLIGHT if is_cohort else "#595959")
+    est.tick_params(axis="y", length=0)
+    for side in ("left", "right", "top"):
+        est.spines[side].set_visible(False)
     handles = [Line2D([], [], marker="D", color=HIGHLIGHT, linestyle="", label="this cohort"),
                Line2D([], [], marker="s", color="#8c8c8c", linestyle="", label="published")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2)

@@ -30,6 +30,11 @@ def _session(value) -> str | None:
     return value if isinstance(value, str) and value and value != "n/a" else None
 
 
+def _sig(x) -> str:
+    """Four significant digits (volumes in mL and fractions of TIV alike)."""
+    return f"{float(x):.4g}" if pd.notna(x) and np.isfinite(float(x)) else DASH
+
+
 def page_name(participant_id: str, session=None) -> str:
     """``sub-01.html``, or ``sub-01_ses-1.html`` where there are sessions."""
     ses = _session(session)
@@ -175,8 +180,8 @@ def _deviations(row, data):
             r["modality"],
             region_name(r["region"]),
             r.get("lobe") if isinstance(r.get("lobe"), str) else DASH,
-            f"{fmt(r['value'], 3)} {r.get('units', '')}".strip(),
-            fmt(r["expected"], 3),
+            f"{_sig(r['value'])} {r.get('units', '')}".strip(),
+            _sig(r["expected"]),
             signed(r["z"], 2),
         ]
         for _, r in flagged.head(15).iterrows()
