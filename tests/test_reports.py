@@ -246,3 +246,12 @@ def test_pages_of_participants_no_longer_in_the_outputs_are_removed(reported):
     out = build_reports(deriv, nprocs=1)
     assert not stale.exists()
     assert len(out.participants) == len(list((deriv / "reports").glob("sub-*.html")))
+
+
+def test_the_stylesheet_is_inlined_verbatim(reported):
+    from brainage.resources import data_dir
+
+    _, deriv = reported
+    css = (data_dir("reports") / "report.css").read_text(encoding="utf-8")
+    for name in ("cohort.html", "sub-01.html"):
+        assert css in _html(deriv, name)
