@@ -75,6 +75,9 @@ def test_cohort_report_compares_with_the_mapped_literature_and_explains_pid(repo
     pid = html[html.index('<section id="modalities">'):html.index('<section id="atlas">')]
     assert "bits" in pid and "U1" in pid and "fusion weights" in pid
     assert "Modality selection" in pid
+    atlas = html[html.index('<section id="atlas">'):html.index('<section id="qc">')]
+    assert 'id="fig-region_map"' in atlas and 'id="fig-region_pid_struct"' in atlas
+    assert "PID atoms of age per region (bits)" in atlas and "Top regions, lobes and networks" in atlas
 
 
 def test_participant_page_shows_estimate_deviations_and_qc(reported):

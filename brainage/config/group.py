@@ -312,6 +312,12 @@ class GroupConfig(_Section):
         description="Attribute the primary model's out-of-fold predictions to atlas regions, "
         "lobes and networks (ablation of raw features; group/regions.tsv).",
     )
+    regions_pid: bool = Field(
+        default=True,
+        description="Decompose, region by region, the controls' age information in the GM volume "
+        "and the connectivity profile into PID atoms (group/regions_pid.tsv and maps; needs a "
+        "regional and a connectivity input on the same atlas).",
+    )
     cache_maps_gb: float = Field(
         default=4.0, ge=0,
         description="Keep MNI maps in memory after their first read when the cohort's maps take at "

@@ -76,6 +76,11 @@ class ModelRun:
         Total seconds spent fitting (outer and inner models).
     predict_seconds_per_participant : float
         Mean inference time of the outer fold models per participant.
+    modality_subsets : dict or None
+        For the primary PIDReg model: the fold models restricted to each subset of
+        modalities, out of fold (``predictions``, one column per subset key such as
+        ``"anat+func"``), with ``seconds_per_participant`` per subset,
+        :func:`brainage.interpret.selection.combine_subset_folds`.
     """
 
     name: str
@@ -85,6 +90,7 @@ class ModelRun:
     region_attributions: object = None
     fit_seconds: float = 0.0
     predict_seconds_per_participant: float = 0.0
+    modality_subsets: dict | None = None
 
 
 @dataclass
@@ -185,15 +191,17 @@ def _contributions(est, X_target, age_target, X_train, y_train) -> pd.DataFrame 
 
 
 def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
-               attributions: bool = False) -> ModelRun:
+               attributions: bool = False, selection: bool = False) -> ModelRun:
     from ..estimators.registry import predict_by_modality
     from ..interpret.regions import ablation_attributions, combine_folds
+    from ..interpret.selection import combine_subset_folds, subset_inference
 
     parts = cohort.participants
     keys = parts.index.to_numpy(dtype=object)
     others = keys[folds == NOT_IN_FOLDS]
     k_folds = int(folds.max()) + 1
     rows, fold_info, contrib, regional = [], [], [], []
+    subsets = []  # modality selection: each fold model restricted to subsets of modalities, timed
     fit_seconds = predict_seconds = 0.0
     n_predicted = 0
     for k in range(k_folds):
@@ -229,6 +237,8 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         if attributions:
             regional.append(ablation_attributions(est, tf, cohort, train, target, modalities,
                                                   cache=cache))
+        if selection:
+            subsets.append(subset_inference(est, tf, cohort, target, modalities, cache))
         n_test = len(test)
         X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
         info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
@@ -257,7 +267,8 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         region_attr = combine_folds(regional)
     return ModelRun(name=name, predictions=preds, folds=fold_info, contributions=contributions,
                     region_attributions=region_attr, fit_seconds=fit_seconds,
-                    predict_seconds_per_participant=predict_seconds / max(n_predicted, 1))
+                    predict_seconds_per_participant=predict_seconds / max(n_predicted, 1),
+                    modality_subsets=combine_subset_folds(subsets))
 
 
 def model_modalities(name: str, cohort) -> list[str]:
@@ -327,7 +338,8 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
         t0 = time.perf_counter()
         runs[name] = _run_model(name, sub, folds[usable], cfg, mods,
                                 dict(cfg.model_params.get(name, {})), device, cache,
-                                attributions=cfg.attributions and name == cfg.primary_model)
+                                attributions=cfg.attributions and name == cfg.primary_model,
+                                selection=name == cfg.primary_model)
         logger.info("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
     settings = {"n_splits": int(folds.max()) + 1, "scheme": cfg.cv.scheme, "seed": cfg.cv.seed,
                 "inner_splits": cfg.cv.inner_splits, "n_controls": n_controls,

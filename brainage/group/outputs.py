@@ -15,8 +15,8 @@ import pandas as pd
 
 from ..io import atomic_write_json, atomic_write_tsv, jsonable
 
-__all__ = ["COLUMNS", "REGIONS_COLUMNS", "REGION_PARTICIPANT_COLUMNS", "group_dir", "jsonable", "write_json",
-           "write_table"]
+__all__ = ["COLUMNS", "REGIONS_COLUMNS", "REGIONS_PID_COLUMNS", "REGION_PARTICIPANT_COLUMNS", "group_dir",
+           "jsonable", "write_json", "write_table"]
 
 #: Descriptions of every column the group level writes.
 COLUMNS = {
@@ -110,6 +110,46 @@ REGION_PARTICIPANT_COLUMNS = {
                     "predicted_age - predicted_age with the region's raw features set to the "
                     "training-fold control mean, out of fold (controls: the fold model that did not "
                     "train on them; patients: the mean over the fold models).", "years"),
+}
+_PID_ATOMS = {
+    "U_struct": "unique to the region's GM volume (in it, not in the connectivity components)",
+    "U_func": "unique to the region's connectivity components (in them, not in the GM volume)",
+    "R": "redundant: in the GM volume and in the connectivity components alike (min(I_struct, "
+         "I_func))",
+    "S": "synergistic: only in the GM volume and the connectivity components together "
+         "(I_joint - max(I_struct, I_func); may be slightly negative after the bias correction)",
+}
+#: Columns of ``regions_pid.tsv`` (:func:`brainage.interpret.regions_pid.regions_pid`), which
+#: override :data:`COLUMNS` where a name is shared.
+REGIONS_PID_COLUMNS = {
+    "atlas": ("Atlas shared by the regional and the connectivity input (brainage.atlases id).", None),
+    "region": ("Atlas region name (the connectivity parcel's name).", None),
+    "index": ("Label value of the region in the atlas image (its GM volume is the regional "
+              "feature <atlas>_<index>).", None),
+    "hemisphere": REGIONS_COLUMNS["hemisphere"],
+    "lobe": REGIONS_COLUMNS["lobe"],
+    "network": REGIONS_COLUMNS["network"],
+    "n": ("Controls with both inputs whose Gaussianized age is decomposed (patients are never "
+          "used).", None),
+    "n_struct_features": ("Structural dimensions: the region's GM volume as the regional input "
+                          "gives it (1).", None),
+    "n_func_features": ("Functional dimensions: principal components of the region's connectivity "
+                        "profile, fitted on the same controls (0: no estimate).", None),
+    "n_edges": ("Fisher-z edges in the region's connectivity profile (every edge touching it).", None),
+    "func_variance_explained": ("Share of the profile's variance over the controls that the "
+                                "principal components keep.", None),
+    **{atom: (f"Bias-corrected Gaussian PID atom of the controls' rank-Gaussianized age, "
+              f"{text}; in-sample and descriptive.", "bits") for atom, text in _PID_ATOMS.items()},
+    **{f"{atom}_{end}": (f"{side} bound of the 95 % percentile bootstrap interval of {atom} over the "
+                         "controls (500 resamples; principal axes held fixed).", "bits")
+       for atom in _PID_ATOMS for end, side in (("ci_low", "Lower"), ("ci_high", "Upper"))},
+    "I_struct": ("Bias-corrected Gaussian mutual information of the Gaussianized age and the "
+                 "region's GM volume (U_struct + R).", "bits"),
+    "I_func": ("Bias-corrected Gaussian mutual information of the Gaussianized age and the "
+               "region's connectivity components (U_func + R).", "bits"),
+    "I_joint": ("Bias-corrected Gaussian mutual information of the Gaussianized age and both "
+                "together (U_struct + U_func + R + S).", "bits"),
+    "note": ("Why the region has no estimate (n/a when it has one).", None),
 }
 
 

@@ -23,7 +23,8 @@ from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group", "write_regions"]
+__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group", "write_regions",
+           "write_regions_pid"]
 
 BUNDLE_KIND = "brainage-group-model"
 
@@ -90,8 +91,13 @@ def control_labels_present(participants) -> list[str]:
     return sorted(participants.loc[participants["is_control"], "group"].astype(str).unique())
 
 
-def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: dict) -> dict:
-    """Write predictions, exclusions, metrics and groups; return the paths."""
+def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: dict, *,
+                 selection: dict | None = None) -> dict:
+    """Write predictions, exclusions, metrics and groups; return the paths.
+
+    ``selection`` (:func:`brainage.interpret.selection.modality_selection_report`) goes to
+    ``metrics.json`` under ``models[primary]["modality_selection"]``.
+    """
     files = {
         "predictions": write_table(table.drop(columns=["is_control"]), out / "predictions.tsv"),
         "exclusions": write_table(cohort.exclusions.reset_index(drop=True), out / "exclusions.tsv"),
@@ -107,6 +113,8 @@ def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: di
         **extra_metrics,
         "models": metrics_report(table, runs),
     }
+    if selection is not None and primary in metrics["models"]:
+        metrics["models"][primary]["modality_selection"] = selection
     files["metrics"] = write_json(metrics, out / "metrics.json")
     deviations = deviations_table(cohort)
     if deviations is not None:
@@ -162,7 +170,13 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     result = cross_validate(cohort, cfg, device=device)
     table = predictions_table(cohort.participants, result.runs)
     primary = cfg.primary_model
-    files = write_common(out, cohort, table, result.runs, primary, {"cv": result.settings})
+    from ..interpret.selection import modality_selection_report
+
+    selection = modality_selection_report(
+        result.runs[primary], cohort.participants, output_dir,
+        {m: cfg.inputs[m].stage for m in model_modalities(primary, cohort)})
+    files = write_common(out, cohort, table, result.runs, primary, {"cv": result.settings},
+                         selection=selection)
     files["pid"] = write_json(pid_report(result.runs[primary], cohort.participants), out / "pid.json")
     contributions = result.runs[primary].contributions
     if contributions is not None:
@@ -171,6 +185,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     if result.runs[primary].region_attributions is not None:
         files.update(write_regions(out, cohort.participants, result.runs[primary].region_attributions,
                                    seed=cfg.cv.seed))
+    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed))
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -241,6 +256,51 @@ def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> di
         if image is not None:
             files[f"regions_{modality}_attribution"] = save_nifti(
                 image, out / f"regions_{modality}_attribution.nii.gz")
+    return files
+
+
+#: The atoms painted into ``regions_pid_<atom>.nii.gz``.
+REGIONS_PID_ATOMS = ("U_struct", "U_func", "R", "S")
+
+
+def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0) -> dict:
+    """Write ``regions_pid.tsv`` (+ sidecar) and ``regions_pid_<atom>.nii.gz``; return the paths.
+
+    The atlas PID of :func:`brainage.interpret.regions_pid.regions_pid` (the controls' age from
+    each region's GM volume and connectivity profile). Skipped, with the reason logged and
+    the files of an earlier run removed, when ``enabled`` is false (``group.regions_pid``), when
+    no regional and connectivity input share an atlas, or when the PID cannot be computed (too
+    few controls). A map that cannot be made is logged and skipped.
+    """
+    from ..atlases import AtlasError
+    from ..exceptions import GroupLevelError
+    from ..interpret.regions_pid import atom_image, paired_inputs, regions_pid
+    from ..io import save_nifti
+    from .outputs import REGIONS_PID_COLUMNS
+
+    stale = [out / "regions_pid.tsv", out / "regions_pid.json",
+             *(out / f"regions_pid_{atom}.nii.gz" for atom in REGIONS_PID_ATOMS)]
+    pair, why = paired_inputs(cohort) if enabled else (None, "group.regions_pid is false")
+    table = None
+    if pair is not None:
+        try:
+            table = regions_pid(cohort, inputs=pair, seed=seed)
+        except GroupLevelError as exc:
+            why = str(exc).removeprefix("regions_pid: ")
+    if table is None:
+        logger.info("no regions_pid.tsv (atlas PID of structure and function): %s", why)
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return {}
+    files = {"regions_pid": write_table(table, out / "regions_pid.tsv", columns=REGIONS_PID_COLUMNS)}
+    for atom in REGIONS_PID_ATOMS:
+        try:
+            image = atom_image(table, atom)
+        except AtlasError as exc:
+            logger.warning("no regions_pid map of %s: %s", atom, exc)
+            continue
+        if image is not None:
+            files[f"regions_pid_{atom}"] = save_nifti(image, out / f"regions_pid_{atom}.nii.gz")
     return files
 
 

@@ -109,6 +109,22 @@ def _figure_error(name, reason):
     return ReportFigureError(f"{name}: {reason}")
 
 
+def _pid_map(atom):
+    def draw(data, ctx, path):
+        from ..atlases import load_atlas
+
+        table = _need(data.table("regions_pid"), "regions_pid.tsv")
+        rows = table[table["index"].notna() & table[atom].notna()]
+        if not len(rows):
+            raise _figure_error(f"region_pid_{atom}", f"regions_pid.tsv has no region with {atom}")
+        atlas_id = str(rows["atlas"].iloc[0])
+        atlas = load_atlas(atlas_id)
+        values = pd.DataFrame({"index": rows["index"].astype(float).astype(int), "value": rows[atom]})
+        return _fig("region_brain_map")(values, atlas.image, path, title=f"{atom} (bits), {atlas_id}")
+
+    return draw
+
+
 #: Cohort figures: layout id → function(data, context, path).
 COHORT_FIGURES = {
     "age_distribution": lambda d, c, p: _fig("age_distribution")(
@@ -137,6 +153,9 @@ COHORT_FIGURES = {
     ),
     "region_map": _region_map,
     "region_bars": lambda d, c, p: _fig("region_bars")(_need(d.table("regions"), "regions.tsv"), p),
+    "region_pid_struct": _pid_map("U_struct"),
+    "region_pid_func": _pid_map("U_func"),
+    "region_pid_redundant": _pid_map("R"),
 }
 
 #: Participant figures: layout id → function(participant context, path).

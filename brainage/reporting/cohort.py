@@ -524,8 +524,39 @@ def _pid(data):
     return text, table, wtable
 
 
+def _selection_table(selection: dict):
+    """Tabulate the ``modality_selection`` block of ``metrics.json``."""
+    rows = []
+    for r in selection.get("rows", []):
+        acc = r.get("controls_uncorrected") or {}
+        saved = r.get("preprocessing_seconds_saved_per_participant")
+        skipped = ", ".join(r.get("stages_skipped") or []) or "none"
+        rows.append([
+            r.get("row", ""), " + ".join(r.get("modalities") or []), fmt(r.get("fusion_weight_covered"), 2),
+            f"{fmt(acc.get('mae'), 2)} {ci(acc.get('mae_ci_low'), acc.get('mae_ci_high'), 2)}",
+            f"{fmt(acc.get('r'), 2)} {ci(acc.get('r_ci_low'), acc.get('r_ci_high'), 2)}",
+            signed(r.get("mae_minus_full"), 2),
+            fmt(1000 * r["inference_seconds_per_participant"], 2)
+            if r.get("inference_seconds_per_participant") is not None else DASH,
+            f"{fmt(saved, 1)} ({skipped})" if saved is not None else DASH,
+        ])
+    weights = ", ".join(f"{k} {fmt(v, 2)}" for k, v in (selection.get("mean_fusion_weights") or {}).items())
+    return make_table(
+        "Modality selection: the fitted primary model predicting from a subset of its modalities "
+        "(uncorrected, controls, out of fold)",
+        ["row", "modalities kept", "fusion weight covered", "MAE (y) [95 % CI]", "r [95 % CI]",
+         "ΔMAE vs full (y)", "inference (ms/participant)", "preprocessing saved (s/participant; stages)"],
+        rows,
+        note=f"Recommended: {selection.get('rule', '')}. Mean fusion weights: {weights}. "
+             + str(selection.get("note", "")),
+    )
+
+
 def _modality_accuracy(data):
-    entry = ((data.metrics.get("models") or {}).get(data.primary) or {}).get("controls") or {}
+    model = (data.metrics.get("models") or {}).get(data.primary) or {}
+    if model.get("modality_selection", {}).get("rows"):
+        return _selection_table(model["modality_selection"])
+    entry = model.get("controls") or {}
     per = entry.get("per_modality") or {}
     fused = entry.get("uncorrected") or {}
     if not per:
@@ -672,6 +703,44 @@ def _atlas(data):
     return text, table
 
 
+def _atlas_pid(data):
+    """Describe the PID atoms per region (``regions_pid.tsv``) and list the regions with most information."""
+    table = data.table("regions_pid")
+    if table is None or not len(table):
+        return ["PID atoms per region are not available for this run (they need a regional and a "
+                "connectivity input on the same atlas, and group.regions_pid)."], None
+    est = table[table["I_joint"].notna()].sort_values("I_joint", ascending=False)
+    rows = []
+    for _, r in est.head(15).iterrows():
+        cells = [region_name(r["region"]), r["lobe"] if isinstance(r["lobe"], str) else DASH,
+                 r["network"] if isinstance(r["network"], str) else DASH]
+        for atom in ("U_struct", "U_func", "R", "S"):
+            cells.append(f"{fmt(r[atom], 2)} {ci(r[f'{atom}_ci_low'], r[f'{atom}_ci_high'], 2)}")
+        cells += [fmt(r["I_joint"], 2), int(r["n"])]
+        rows.append(cells)
+    above = {a: int((est[f"{a}_ci_low"] > 0).sum()) for a in ("U_struct", "U_func", "R", "S")}
+    n = int(est["n"].max()) if len(est) else 0
+    text = [
+        f"Per region, the Gaussian PID of the controls' age (n = {n}) with respect to the region's "
+        "grey-matter volume (structure) and its connectivity profile (function, reduced to a few "
+        "principal components): "
+        "where in the brain age information is structural only, functional only, shared or synergistic. "
+        f"{len(est)} regions have an estimate; intervals above zero: U_struct {above['U_struct']}, "
+        f"U_func {above['U_func']}, R {above['R']}, S {above['S']} (no correction for the number of "
+        "regions). "
+        "This is a descriptive, in-sample decomposition of this cohort's controls, not the model's use of "
+        "the region; with few controls the intervals are wide and rankings within overlapping intervals "
+        "mean nothing. One unique atom of a region is zero by construction (R = min(I_struct, I_func)).",
+    ]
+    return text, make_table(
+        "PID atoms of age per region (bits), the 15 regions with the most joint information",
+        ["region", "lobe", "network", "U_struct [95 % CI]", "U_func [95 % CI]", "R [95 % CI]", "S [95 % CI]",
+         "I joint", "n"], rows,
+        note="Bootstrap intervals over controls (principal axes held fixed); regions_pid.tsv has every "
+             "region.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. QC
 
@@ -816,6 +885,7 @@ def cohort_context(data, pages: dict | None = None) -> dict:
     tables["modality_accuracy"] = _modality_accuracy(data)
     text["modalities"] = _modalities_text(data)
     text["atlas"], tables["regions"] = _atlas(data)
+    text["atlas_pid"], tables["regions_pid"] = _atlas_pid(data)
     text["qc"], tables["qc"] = _qc(data, pages)
     text["methods"], tables["references"] = _methods(data)
     return {"text": text, "tables": tables, "literature_rows": lit_rows}

@@ -29,6 +29,7 @@ GROUP_FILES = {
     "contributions": "contributions.tsv",
     "regions": "regions.tsv",
     "regions_participants": "regions_participants.tsv",
+    "regions_pid": "regions_pid.tsv",
     "deviations": "deviations.tsv",
 }
 
