@@ -123,6 +123,9 @@ def test_train_writes_every_output(trained):
     assert {"site siteA", "site siteB", "pooled"} <= set(groups["scope"])
     pid = json.loads((out / "pid.json").read_text())
     assert pid["available"] and pid["units"] == "bits" and len(pid["per_fold"]) == 3
+    # each fold model's held-out PID is numbers in bits, not a repr string
+    score = pid["held_out_pid_score"][0]["score"]["anat|func"]
+    assert isinstance(score["U1"], float) and score["n"] >= 10 and score["bias_corrected"] is True
     assert (out / "model" / "extra.json").is_file()
 
 

@@ -239,7 +239,8 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
         "per_fold": per_fold,
         "summary": summary,
         "fusion_weights": [{"fold": i["fold"], **i.get("fusion_weights", {})} for i in run.folds],
-        "held_out_pid_score": [{"fold": i["fold"], "score": i.get("pid_score")} for i in run.folds],
+        "held_out_pid_score": [{"fold": i["fold"], "score": _pid_scores(i.get("pid_score"))}
+                               for i in run.folds],
         "note": ("held_out: atoms of the controls' age with respect to the out-of-fold "
                  "predictions from each modality alone, pooled over folds (every control "
                  "predicted by a model that did not see them), with a bootstrap 95 % interval "
@@ -251,6 +252,14 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
                  "latents on its held-out controls (few per fold, so noisy). docs/stats.md, "
                  "docs/pid.md."),
     }
+
+
+def _pid_scores(score):
+    """``{pair: PIDResult}`` as ``{pair: {atom: bits, ..., n, bias_corrected}}`` (None stays None)."""
+    if not score:
+        return score
+    return {pair: ({**r.as_dict(), "n": r.n, "bias_corrected": bool(r.bias_corrected)}
+                   if hasattr(r, "as_dict") else r) for pair, r in score.items()}
 
 
 def age_summary(participants: pd.DataFrame) -> dict:
