@@ -127,3 +127,13 @@ def test_small_cohorts_keep_maps_in_memory_and_large_ones_stream(trained):
     second = tf.inputs(cohort, keys[10:], ["anat"], cache)["anat"]
     assert second[0] is cache[tuple(second.paths[0])]  # shared: no second read
     assert volume_cache(cohort, ["anat", "func"], 1e-4) is None  # over the budget: stream
+
+
+def test_map_modalities_get_atlas_attributions(trained):
+    """regions.tsv has rows for both map inputs (captum ablation on HarvardOxford, out of fold)."""
+    _, _, deriv = trained
+    out = deriv / "group"
+    table = pd.read_csv(out / "regions.tsv", sep="\t")
+    assert set(table["modality"]) == {"anat", "func"} and set(table["atlas"]) == {"HarvardOxford"}
+    assert {"region", "lobe"} <= set(table["level"]) and np.isfinite(table["attribution"]).all()
+    assert (out / "regions_func_attribution.nii.gz").exists()

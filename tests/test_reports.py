@@ -258,3 +258,12 @@ def test_the_stylesheet_is_inlined_verbatim(reported):
     css = (data_dir("reports") / "report.css").read_text(encoding="utf-8")
     for name in ("cohort.html", "sub-01.html"):
         assert css in _html(deriv, name)
+
+
+def test_control_labels_match_the_data_case_insensitively():
+    from brainage.reporting.data import ReportData
+
+    data = ReportData(output_dir=None, mode="train",
+                      tables={"predictions": pd.DataFrame({"group": ["Control", "SZ", "Control"]})},
+                      bundle={"group_config": {"control_labels": ["control", "HC"]}})
+    assert data.control_labels[0] == "Control" and "SZ" not in data.control_labels

@@ -71,7 +71,9 @@ class ModelRun:
         attribution of the predicted age to every atlas region, lobe and network of
         the tabular modalities (ablation of raw features to the fold's training-control
         mean), from the fold models that did not train on the participant (mean over
-        them for patients), :mod:`brainage.interpret.regions`.
+        them for patients), :mod:`brainage.interpret.regions`; for ``maps`` inputs, the
+        region-wise ablation of the map to the fold's training-control mean map on the
+        atlas labels, :mod:`brainage.interpret.map_regions`.
     fit_seconds : float
         Total seconds spent fitting (outer and inner models).
     predict_seconds_per_participant : float
@@ -237,6 +239,13 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         if attributions:
             regional.append(ablation_attributions(est, tf, cohort, train, target, modalities,
                                                   cache=cache))
+            if any(cohort.inputs[m].features is None for m in modalities):
+                # maps: captum region-wise ablation to the fold's training-control mean map
+                from ..interpret.map_regions import concat_attributions, map_attributions
+
+                regional[-1] = concat_attributions(
+                    [regional[-1], map_attributions(est, tf, cohort, train, target, modalities,
+                                                    cache=cache)])
         if selection:
             subsets.append(subset_inference(est, tf, cohort, target, modalities, cache))
         n_test = len(test)

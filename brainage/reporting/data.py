@@ -79,9 +79,18 @@ class ReportData:
 
     @property
     def control_labels(self) -> list[str]:
-        """Group labels of the controls (from the configuration, else 'control')."""
+        """Group labels of the controls as they are spelled in the data.
+
+        ``group.control_labels`` (else ``control``) matched case-insensitively, as the
+        cohort loader matches them, plus the configured spellings.
+        """
         cfg = self.bundle.get("group_config") or {}
-        return [str(x) for x in cfg.get("control_labels", ["control"])]
+        wanted = [str(x) for x in cfg.get("control_labels", ["control"])]
+        lower = {w.lower() for w in wanted}
+        pred = self.tables.get("predictions")
+        present = [] if pred is None else sorted({str(g) for g in pred["group"].dropna()
+                                                   if str(g).lower() in lower})
+        return list(dict.fromkeys([*present, *wanted]))
 
     def table(self, name: str) -> pd.DataFrame | None:
         """Return a group table, or None when this run did not write it."""
