@@ -14,6 +14,13 @@ Run from the repository root, for example::
 With three or more sites the extra sites get their own noise level and grey
 matter contrast (``--n-sites 3`` adds a site whose scanner differs from the
 first two), so a bundle trained on two sites meets a site it has not seen.
+
+``--patient-fraction``, ``--patient-gap``, ``--patient-gap-struct``, ``--patient-gap-func`` and
+``--patient-subtypes`` pass through to the simulator (``docs/simulator.md``), e.g. for
+``bench/bench_contributions.py``::
+
+    .venv/bin/python bench/make_cohort.py /work/cohorts/subtypes --n-subjects 60 --seed 5 \
+        --patient-fraction 0.4 --patient-gap 9 --patient-subtypes structural=0.5,functional=0.5
 """
 
 from __future__ import annotations
@@ -43,12 +50,27 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--n-sites", type=int, default=2)
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--patient-fraction", type=float, default=None,
+                        help="fraction of patients (simulator default 0.3)")
+    parser.add_argument("--patient-gap", type=float, default=None,
+                        help="patients' excess in years (simulator default 5)")
+    parser.add_argument("--patient-gap-struct", type=float, default=None)
+    parser.add_argument("--patient-gap-func", type=float, default=None)
+    parser.add_argument("--patient-subtypes", default=None,
+                        help="e.g. structural=0.5,functional=0.5 (simulator default: all shared)")
     args = parser.parse_args()
     bids = args.out.resolve() / "bids"
     deriv = bids / "derivatives" / "brainage"
     overrides = {}
     if args.n_sites > 2:
         overrides = {k: v[: args.n_sites] for k, v in _EXTRA_SITES.items()}
+    patients = {name: getattr(args, name) for name in
+                ("patient_fraction", "patient_gap", "patient_gap_struct", "patient_gap_func")
+                if getattr(args, name) is not None}
+    if args.patient_subtypes is not None:
+        from brainage.simulate.params import parse_patient_subtypes
+        patients["patient_subtypes"] = parse_patient_subtypes(args.patient_subtypes)
+    overrides.update(patients)
     times = {}
     if not (bids / "participants.tsv").exists():
         start = time.perf_counter()
@@ -64,6 +86,7 @@ def main() -> int:
                                config, deriv, nprocs=args.nprocs)
     times["participant_seconds"] = round(time.perf_counter() - start, 1)
     record = {"n_subjects": args.n_subjects, "seed": args.seed, "n_sites": args.n_sites,
+              **{k: (dict(v) if k == "patient_subtypes" else v) for k, v in patients.items()},
               "done": len(summary.done), "failed": len(summary.failed),
               "excluded": len(summary.excluded), **times}
     (args.out / "make_cohort.json").write_text(json.dumps(record, indent=2))
