@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import percentileofscore
 
-from .cohort import region_name
 from .formatting import DASH, fmt, make_table, signed
+from .labels import region_name
 
 __all__ = ["MIN_REFERENCE", "page_name", "participant_context", "reference_controls"]
 
