@@ -236,9 +236,7 @@ def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> di
     atlas of the registry (the label image painted with each region's attribution); a map
     that cannot be made is logged and skipped.
     """
-    from ..atlases import AtlasError
     from ..interpret.regions import attribution_image, participant_regions, region_summary
-    from ..io import save_nifti
 
     summary = region_summary(attributions, participants, seed=seed)
     files = {
@@ -248,15 +246,23 @@ def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> di
                                             columns=REGION_PARTICIPANT_COLUMNS),
     }
     for modality in dict.fromkeys(summary["modality"]):
-        try:
-            image = attribution_image(summary, modality)
-        except AtlasError as exc:
-            logger.warning("no attribution map of %s: %s", modality, exc)
-            continue
-        if image is not None:
-            files[f"regions_{modality}_attribution"] = save_nifti(
-                image, out / f"regions_{modality}_attribution.nii.gz")
+        _save_map(files, out, f"regions_{modality}_attribution",
+                  lambda m=modality: attribution_image(summary, m))
     return files
+
+
+def _save_map(files: dict, out: Path, name: str, make_image) -> None:
+    """Write ``out/<name>.nii.gz`` from ``make_image()`` and add it to ``files``; log and skip on failure."""
+    from ..atlases import AtlasError
+    from ..io import save_nifti
+
+    try:
+        image = make_image()
+    except AtlasError as exc:
+        logger.warning("no map %s: %s", name, exc)
+        return
+    if image is not None:
+        files[name] = save_nifti(image, out / f"{name}.nii.gz")
 
 
 #: The atoms painted into ``regions_pid_<atom>.nii.gz``.
@@ -272,10 +278,8 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0)
     no regional and connectivity input share an atlas, or when the PID cannot be computed (too
     few controls). A map that cannot be made is logged and skipped.
     """
-    from ..atlases import AtlasError
     from ..exceptions import GroupLevelError
     from ..interpret.regions_pid import atom_image, paired_inputs, regions_pid
-    from ..io import save_nifti
     from .outputs import REGIONS_PID_COLUMNS
 
     stale = [out / "regions_pid.tsv", out / "regions_pid.json",
@@ -294,13 +298,7 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0)
         return {}
     files = {"regions_pid": write_table(table, out / "regions_pid.tsv", columns=REGIONS_PID_COLUMNS)}
     for atom in REGIONS_PID_ATOMS:
-        try:
-            image = atom_image(table, atom)
-        except AtlasError as exc:
-            logger.warning("no regions_pid map of %s: %s", atom, exc)
-            continue
-        if image is not None:
-            files[f"regions_pid_{atom}"] = save_nifti(image, out / f"regions_pid_{atom}.nii.gz")
+        _save_map(files, out, f"regions_pid_{atom}", lambda a=atom: atom_image(table, a))
     return files
 
 
