@@ -1,7 +1,8 @@
 """BIDS input discovery and BIDS-derivatives output paths.
 
 Inputs are found with pybids; ``participants.tsv`` is checked for what
-brain-age work needs (unique ids, numeric ages). Output paths are built from
+brain-age work needs (unique ids, numeric ages). :func:`validate_bids` runs
+the official BIDS validator (``bids-validator``) when it is installed. Output paths are built from
 entities with pybids' ``build_path`` and the :data:`PATTERNS` table, never by
 string concatenation.
 
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +31,13 @@ __all__ = [
     "TEMPLATE_SPACE",
     "BoldRun",
     "ParticipantInputs",
+    "bold_repetition_time",
     "derivative_path",
     "discover_inputs",
+    "find_bids_validator",
     "normalize_labels",
     "read_participants",
+    "validate_bids",
     "validate_output_dir",
     "write_dataset_description",
 ]
@@ -209,6 +216,31 @@ class ParticipantInputs:
         return out
 
 
+def bold_repetition_time(run: BoldRun) -> tuple[float | None, str]:
+    """Return a BOLD run's repetition time (s) and where it was read.
+
+    From the sidecar's ``RepetitionTime``, else from the NIfTI header
+    (``pixdim[4]``, if positive); ``(None, "")`` when neither gives one (the
+    functional stage reports that for its participant).
+    """
+    if run.sidecar is not None:
+        try:
+            tr = json.loads(run.sidecar.read_text(encoding="utf-8")).get("RepetitionTime")
+        except (OSError, ValueError, AttributeError):
+            tr = None
+        if isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > 0:
+            return float(tr), f"RepetitionTime of {run.sidecar.name}"
+    try:
+        import nibabel as nib
+
+        zooms = nib.load(str(run.path)).header.get_zooms()
+    except Exception:  # an unreadable image fails its participant in the stage, not here
+        return None, ""
+    if len(zooms) > 3 and zooms[3] > 0:
+        return float(zooms[3]), "the NIfTI header"
+    return None, ""
+
+
 def _check_bids_root(bids_dir: Path) -> None:
     if not bids_dir.exists():
         raise BIDSError(f"BIDS_DIR {bids_dir} does not exist; pass the root of a BIDS dataset")
@@ -246,7 +278,8 @@ def discover_inputs(
         What will be processed; a participant needs a T1w for ``anat`` and a
         BOLD run for ``func``.
     validate : bool
-        Whether pybids ignores files that are not valid BIDS names.
+        Whether pybids ignores files that are not valid BIDS names (the
+        official validator is :func:`validate_bids`, run before this).
     t1w_required : bool
         Whether a dataset without any T1w is refused. False when only the
         functional stage runs from fMRIPrep derivatives, which needs no T1w.
@@ -326,6 +359,124 @@ def discover_inputs(
             "run with --modalities anat, or add the functional data"
         )
     return found
+
+
+# --------------------------------------------------------------------------- validation
+#: Environment variable naming the ``bids-validator`` executable to use, or ``off``.
+VALIDATOR_ENV = "BRAINAGE_BIDS_VALIDATOR"
+#: How to install the validator (the version the test suite is checked against).
+VALIDATOR_INSTALL = "npm install -g bids-validator@1.15.0"
+_OFF = ("", "0", "off", "no", "none", "false")
+
+
+def find_bids_validator() -> str | None:
+    """Return the ``bids-validator`` executable to run, or None when there is none.
+
+    Looked up in order: the ``BRAINAGE_BIDS_VALIDATOR`` environment variable
+    (a path; ``off`` turns validation off), ``bids-validator`` on ``PATH``,
+    and ``.tools/node_modules/.bin/bids-validator`` of a source checkout
+    (``make tools``).
+    """
+    configured = os.environ.get(VALIDATOR_ENV)
+    if configured is not None:
+        return None if configured.strip().lower() in _OFF else configured
+    found = shutil.which("bids-validator")
+    if found:
+        return found
+    local = Path(__file__).resolve().parent.parent / ".tools" / "node_modules" / ".bin" / "bids-validator"
+    return str(local) if local.is_file() else None
+
+
+def _issue_files(issue: dict) -> list[str]:
+    out = []
+    for entry in issue.get("files") or []:
+        file = (entry or {}).get("file") or {}
+        name = file.get("relativePath") or file.get("path") or file.get("name")
+        if name:
+            out.append(str(name))
+    return out
+
+
+def _describe_issue(issue: dict) -> str:
+    files = _issue_files(issue)
+    where = ""
+    if files:
+        more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
+        where = f" in {files[0]}{more}"
+    reason = " ".join(str(issue.get("reason", "")).split()).rstrip(".")
+    reason = reason if len(reason) <= 120 else reason[:117].rstrip() + " (...)"
+    first = (issue.get("files") or [{}])[0] or {}
+    evidence = " ".join(str(first.get("evidence") or "").split())
+    if evidence and not (files and files[0].endswith(evidence)):
+        reason += f" ({evidence[:100]})"
+    return f"[{issue.get('code')} {issue.get('key')}]{where}: {reason}"
+
+
+def validate_bids(bids_dir: str | Path, *, max_shown: int = 3, timeout: float = 600) -> dict | None:
+    """Check a dataset with the official BIDS validator, as BIDS Apps do.
+
+    Warnings are logged in one line. Without an installed validator one line
+    says so and how to install it; a validator that crashes or times out is
+    reported and the dataset is used as it is.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        BIDS dataset root.
+    max_shown : int
+        How many errors the message lists (the rest are counted).
+    timeout : float
+        Seconds the validator may take.
+
+    Returns
+    -------
+    dict or None
+        The validator's JSON report, or None when it was not run.
+
+    Raises
+    ------
+    BIDSError
+        The validator found errors; the message lists the first ones with
+        their codes and files.
+    """
+    bids_dir = Path(bids_dir)
+    if os.environ.get(VALIDATOR_ENV, "x").strip().lower() in _OFF:
+        logger.debug("BIDS validation is off (%s=%s)", VALIDATOR_ENV, os.environ[VALIDATOR_ENV])
+        return None
+    exe = find_bids_validator()
+    if exe is None:
+        logger.info(
+            "BIDS validation skipped: bids-validator is not installed (install it with `%s`; "
+            "--skip-bids-validation silences this)", VALIDATOR_INSTALL,
+        )
+        return None
+    try:
+        proc = subprocess.run([exe, str(bids_dir), "--json"], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        report = json.loads(proc.stdout)
+        issues = report["issues"]
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+        logger.warning("bids-validator (%s) could not check %s (%s); going on without validation",
+                       exe, bids_dir, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    warnings = issues.get("warnings") or []
+    if warnings:
+        logger.warning(
+            "bids-validator: %d warning(s) in %s: %s", len(warnings), bids_dir,
+            "; ".join(f"{w.get('key')} (code {w.get('code')}, {len(_issue_files(w))} file(s))"
+                      for w in warnings),
+        )
+    errors = issues.get("errors") or []
+    if errors:
+        shown = "; ".join(_describe_issue(e) for e in errors[:max_shown])
+        more = f"; and {len(errors) - max_shown} more" if len(errors) > max_shown else ""
+        raise BIDSError(
+            f"BIDS_DIR {bids_dir} is not valid BIDS: bids-validator found {len(errors)} error(s): "
+            f"{shown}{more}. Fix them (run `bids-validator {bids_dir}` for details), or pass "
+            "--skip-bids-validation to run anyway"
+        )
+    logger.info("bids-validator: %s is valid BIDS", bids_dir)
+    return report
 
 
 # --------------------------------------------------------------------------- outputs

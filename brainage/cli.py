@@ -9,8 +9,12 @@
 
 This module only parses and validates; the work lives in library functions,
 imported inside the command that needs them so that ``brainage --help`` is
-instant. Exit codes: 0 all done; 1 some participants failed (the rest are
-complete and listed); 2 usage error (one line on stderr).
+instant. Every brainage error that reaches :func:`main` ends the command with
+one line on stderr and its exit code (:data:`brainage.exceptions.EXIT_CODES`:
+0 all done; 1 some participants failed, the rest are complete and listed;
+2 usage, configuration or BIDS input error; 3 unusable model bundle; 4 cohort
+unusable at the group level; 5 input or processing error outside a participant
+task; 70 internal error; 130 interrupted), see docs/cli.md.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .exceptions import UsageError
+from .exceptions import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, BrainageError, UsageError, exit_code
 
 PROG = "brainage"
 SUBCOMMANDS = ("simulate", "demo")
@@ -37,6 +41,8 @@ brainage {__version__}: multimodal brain-age prediction from MRI.
 Run `{PROG} simulate --help` or `{PROG} demo --help` for their options.
 """
 
+EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
 logger = logging.getLogger("brainage")
 
 
@@ -51,6 +57,7 @@ def _app_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -82,7 +89,16 @@ def _app_parser() -> argparse.ArgumentParser:
         help="pipeline spec: a YAML file or a shipped name (default, demo); "
         "an effective config written by an earlier run reproduces it",
     )
-    parser.add_argument("-w", "--work-dir", type=Path, help="scratch folder (default OUTPUT_DIR/.work)")
+    parser.add_argument(
+        "-w", "--work-dir", type=Path, metavar="WORK_DIR",
+        help="scratch folder (default: brainage-work-<hash of OUTPUT_DIR> in the temporary folder, "
+        "$TMPDIR or /tmp, of the host running each task; outside OUTPUT_DIR so that the "
+        "derivatives stay BIDS-clean). Each task's subfolder is removed when it ends",
+    )
+    parser.add_argument(
+        "--keep-work", action="store_true",
+        help="keep the scratch folder of a failed task for debugging (its path is logged)",
+    )
     parser.add_argument("--nprocs", type=int, help="local worker processes (default from config)")
     parser.add_argument(
         "--scheduler-address", metavar="ADDR", help="run on a Dask cluster (tcp://host:8786)"
@@ -91,7 +107,9 @@ def _app_parser() -> argparse.ArgumentParser:
         "--derivatives", type=Path, metavar="FMRIPREP_DIR", help="use fMRIPrep outputs from here"
     )
     parser.add_argument(
-        "--skip-bids-validation", action="store_true", help="do not ignore non-BIDS files"
+        "--skip-bids-validation", action="store_true",
+        help="participant: do not run the BIDS validator (bids-validator, when installed) on "
+        "BIDS_DIR first, and index files whose names are not valid BIDS",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--model", type=Path, metavar="BUNDLE", help="group: apply a trained model")
@@ -134,23 +152,9 @@ def _demo_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
-    root = logging.getLogger("brainage")
-    root.setLevel(level)
-    if root.handlers:
-        return
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
+    from .console import setup_logging
 
-        handler: logging.Handler = RichHandler(show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    root.addHandler(handler)
-    root.propagate = False
-    if verbose == 0:
-        logging.getLogger("brainage.stage").setLevel(logging.WARNING)
+    setup_logging(verbose)
 
 
 # --------------------------------------------------------------------------- levels
@@ -158,7 +162,7 @@ def run_participant_level(args) -> int:
     """Validate the inputs, then run the participant-level stages."""
     import time
 
-    from .bids import discover_inputs, validate_output_dir, write_dataset_description
+    from .bids import discover_inputs, validate_bids, validate_output_dir, write_dataset_description
     from .config import dump_config, load_config
     from .parallel import run_participants
     from .stages import resolve_stages
@@ -175,6 +179,8 @@ def run_participant_level(args) -> int:
     if args.derivatives is not None and not args.derivatives.is_dir():
         raise UsageError(f"--derivatives {args.derivatives} is not a folder; pass the fMRIPrep output folder")
     stages = resolve_stages(modalities)
+    if not args.skip_bids_validation:
+        validate_bids(bids_dir)
     # fMRIPrep's MNI-space BOLD and confounds replace everything the T1w is used for
     # in the functional stage, so a func-only run from derivatives needs no T1w.
     t1w_required = "anat" in modalities or args.derivatives is None
@@ -185,6 +191,8 @@ def run_participant_level(args) -> int:
         validate=not args.skip_bids_validation,
         t1w_required=t1w_required,
     )
+    if "func" in modalities:
+        check_band_pass(participants, config.func.low_pass)
     missing = [p.subject for p in participants if not p.t1w]
     if missing and t1w_required:
         what = "their structural stage" if args.derivatives is not None else "those participants"
@@ -206,9 +214,34 @@ def run_participant_level(args) -> int:
         nprocs=args.nprocs,
         scheduler_address=args.scheduler_address,
         derivatives_dir=args.derivatives,
+        keep_work=args.keep_work,
     )
     _report(summary, output_dir)
     return summary.exit_code
+
+
+def check_band_pass(participants, low_pass: float) -> None:
+    """Refuse a ``func.low_pass`` at or above the Nyquist frequency of a BOLD run, before any work.
+
+    Raises
+    ------
+    UsageError
+        Naming the run, its repetition time, the Nyquist frequency and the key.
+    """
+    from .bids import bold_repetition_time
+
+    for inputs in participants:
+        for run in inputs.bold:
+            tr, source = bold_repetition_time(run)
+            if tr is None:
+                continue
+            nyquist = 0.5 / tr
+            if low_pass >= nyquist:
+                raise UsageError(
+                    f"func.low_pass: {low_pass:g} Hz is not below the Nyquist frequency {nyquist:.4g} Hz "
+                    f"of {run.path} (TR {tr:g} s, from {source}); set func.low_pass below "
+                    f"{nyquist:.4g} in the config file (0.08-0.1 Hz is usual)"
+                )
 
 
 def discover_check(bids_dir: Path) -> None:
@@ -294,12 +327,26 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return int(handler(args) or 0)
-    except UsageError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    except BrainageError as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        if args.verbose:
+            logger.debug("traceback", exc_info=exc)
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; completed participants are kept", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            logger.error("internal error", exc_info=exc)
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(
+            f"{parser.prog}: internal error: {what}. "
+            + ("The traceback is above; please report it"
+               if args.verbose else "Rerun with -v for the traceback, and please report it"),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

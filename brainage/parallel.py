@@ -17,14 +17,14 @@ workers must have brainage installed; Dask retries tasks lost with a worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .provenance import code_digest, fingerprint, input_manifest, read_record
-from .stages import ParticipantTask, StageSpec, TaskResult, execute_task, record_path
+from .stages import ParticipantTask, StageSpec, TaskResult, default_work_dir, execute_task, record_path
 
 __all__ = ["RunSummary", "plan_tasks", "run_participants"]
 
@@ -78,8 +78,12 @@ def _stage_inputs(spec: StageSpec, inputs, derivatives_dir=None) -> list:
     return inputs.files()
 
 
-def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivatives_dir=None):
+def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivatives_dir=None,
+               keep_work: bool = False):
     """Build the task list and find which tasks are already up to date.
+
+    ``work_dir`` None lets each worker use :func:`brainage.stages.default_work_dir`;
+    ``keep_work`` keeps the scratch folders of failed tasks.
 
     Returns
     -------
@@ -136,11 +140,12 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
                     inputs=inputs,
                     config=cfg,
                     output_dir=str(output_dir),
-                    work_dir=str(work_dir),
+                    work_dir=str(work_dir) if work_dir else None,
                     fingerprint=fp,
                     record=record,
                     derivatives_dir=str(derivatives_dir) if derivatives_dir else None,
                     threads=config.run.threads_per_process,
+                    keep_work=keep_work,
                 )
             )
     return tasks, skipped
@@ -218,34 +223,23 @@ class _DaskBackend:
 
 
 class _Progress:
-    """A rich progress bar on a terminal, log lines otherwise."""
+    """A rich progress bar on a terminal, one log line per finished task otherwise."""
 
     def __init__(self, total: int):
-        self.total = total
-        self.count = 0
-        self.bar = None
-        if total and sys.stderr.isatty():
-            from rich.progress import Progress
+        from .console import progress
 
-            self.bar = Progress(transient=False)
-            self.bar.start()
-            self.task_id = self.bar.add_task("participants", total=total)
+        self.total = total
+        self._context = progress("participants", total, log=logger)
+        self.task = self._context.__enter__()
 
     def update(self, result: TaskResult):
-        self.count += 1
-        line = f"[{self.count}/{self.total}] sub-{result.subject} {result.stage}: {result.status}"
-        line += f" in {result.seconds:.1f} s"
+        line = f"sub-{result.subject} {result.stage}: {result.status} in {result.seconds:.1f} s"
         if result.error:
             line += f": {result.error}"
-        if self.bar is not None:
-            self.bar.advance(self.task_id)
-            self.bar.console.print(line)
-        else:
-            (logger.warning if result.status == "failed" else logger.info)(line)
+        self.task.finished(line, logging.WARNING if result.status == "failed" else logging.INFO)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.stop()
+        self._context.__exit__(None, None, None)
 
 
 def run_participants(
@@ -258,6 +252,7 @@ def run_participants(
     nprocs: int | None = None,
     scheduler_address: str | None = None,
     derivatives_dir=None,
+    keep_work: bool = False,
 ) -> RunSummary:
     """Run every stage for every participant, in parallel, skipping what is up to date.
 
@@ -272,22 +267,28 @@ def run_participants(
     output_dir : path-like
         Derivatives root.
     work_dir : path-like, optional
-        Scratch space (default ``OUTPUT_DIR/.work``).
+        Scratch space; each task works in its own folder under it. Default
+        :func:`brainage.stages.default_work_dir` (the temporary directory of
+        the host running the task, outside the derivatives).
     nprocs : int, optional
         Local worker processes (default ``config.run.nprocs``).
     scheduler_address : str, optional
         A ``dask.distributed`` scheduler (``tcp://host:8786``); overrides ``nprocs``.
     derivatives_dir : path-like, optional
         fMRIPrep derivatives.
+    keep_work : bool
+        Keep the scratch folder of a failed task (``--keep-work``); it is
+        removed otherwise, as is every successful task's.
 
     Returns
     -------
     RunSummary
     """
     output_dir = Path(output_dir)
-    work_dir = Path(work_dir) if work_dir else output_dir / ".work"
+    work_dir = Path(work_dir).resolve() if work_dir else None
     tasks, skipped = plan_tasks(
-        participants, stages, config, output_dir, work_dir, derivatives_dir=derivatives_dir
+        participants, stages, config, output_dir, work_dir, derivatives_dir=derivatives_dir,
+        keep_work=keep_work,
     )
     summary = RunSummary(skipped=skipped)
     for key in skipped:
@@ -334,6 +335,12 @@ def run_participants(
             entry[1] = False
         running[backend.submit(pending.pop(key))] = [key, not running]
 
+    if work_dir is not None:
+        logger.info("scratch folder: %s", work_dir)
+    elif scheduler_address:
+        logger.info("scratch folder: the temporary folder of each Dask worker (-w to choose one)")
+    else:
+        logger.info("scratch folder: %s", default_work_dir(output_dir))
     try:
         while pending or running:
             for key, task in list(pending.items()):
@@ -375,4 +382,19 @@ def run_participants(
     finally:
         progress.close()
         backend.close()
+        default_root = None if work_dir or scheduler_address else default_work_dir(output_dir)
+        _remove_empty_scratch(output_dir, default_root)
     return summary
+
+
+def _remove_empty_scratch(output_dir: Path, work_root: Path | None) -> None:
+    """Remove ``OUTPUT_DIR/.staging`` and the default work root once no task uses them.
+
+    Only empty folders go (a kept ``--keep-work`` folder, or another run's
+    staging on the same ``OUTPUT_DIR``, stays); a ``-w`` folder is the user's
+    and is never removed.
+    """
+    for folder in (output_dir / ".staging", work_root):
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.rmdir()

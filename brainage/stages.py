@@ -12,16 +12,23 @@ files into ``OUTPUT_DIR`` only when the stage succeeded, so a failure never
 leaves half-written outputs. A stage that decides to exclude a participant
 (too little clean data, say) returns ``{"excluded": True, "reason": ...}``;
 that is recorded and is not an error.
+
+Scratch files go to a per-task folder under the work directory (``-w``; by
+default :func:`default_work_dir`, outside the derivatives so that they stay
+BIDS-clean). It is removed when the task ends, failed or not, unless the
+task asks to keep it (``--keep-work``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 import time
 import traceback
 import uuid
@@ -37,6 +44,7 @@ __all__ = [
     "StageContext",
     "StageSpec",
     "TaskResult",
+    "default_work_dir",
     "execute_task",
     "record_path",
     "resolve_stages",
@@ -129,6 +137,33 @@ def resolve_stages(modalities, registry: dict[str, StageSpec] | None = None) -> 
     return sorted(out, key=lambda s: order.index(s.name))
 
 
+def default_work_dir(output_dir: str | Path) -> Path:
+    """Return the default scratch folder of runs writing to ``output_dir``.
+
+    A folder of the system's temporary directory (``$TMPDIR``, else ``/tmp``)
+    named from a hash of the resolved ``OUTPUT_DIR``, so that runs on
+    different outputs never share scratch files and the derivatives stay
+    BIDS-clean. On a Dask cluster each worker resolves it on its own host.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        The derivatives root.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> default_work_dir("/data/out") == default_work_dir("/data/out/")
+    True
+    """
+    resolved = Path(output_dir).resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"brainage-work-{digest}"
+
+
 def record_path(output_dir: str | Path, subject: str, stage: str) -> Path:
     """Where the provenance record of ``subject`` × ``stage`` lives."""
     return derivative_path(
@@ -199,11 +234,13 @@ class ParticipantTask:
     inputs: ParticipantInputs
     config: dict
     output_dir: str
-    work_dir: str
+    work_dir: str | None
     fingerprint: str
     record: dict
     derivatives_dir: str | None = None
     threads: int = 1
+    #: Keep the scratch folder of a failed task (``--keep-work``; successful ones are always removed).
+    keep_work: bool = False
 
     @property
     def key(self) -> str:
@@ -263,9 +300,12 @@ def execute_task(task: ParticipantTask) -> TaskResult:
 
     Writes the provenance record (and on success the outputs) under
     ``OUTPUT_DIR``. Exceptions of the stage are caught and recorded; the
-    result carries the error message.
+    result carries the error message. The task's scratch folder is removed
+    at the end unless the task failed and ``task.keep_work`` is set (its
+    path is then logged and recorded as ``work_dir``).
     """
     from .config import PipelineConfig, dump_config
+    from .console import route_library_output
     from .io import atomic_write_json
     from .provenance import read_record, software_versions
 
@@ -273,7 +313,8 @@ def execute_task(task: ParticipantTask) -> TaskResult:
     output_dir = Path(task.output_dir)
     token = uuid.uuid4().hex[:8]
     staging = output_dir / ".staging" / f"sub-{task.subject}_{task.stage.name}_{token}"
-    work = Path(task.work_dir) / f"sub-{task.subject}_{task.stage.name}_{token}"
+    work_root = Path(task.work_dir) if task.work_dir else default_work_dir(output_dir)
+    work = work_root / f"sub-{task.subject}_{task.stage.name}_{token}"
     staging.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     config = PipelineConfig.model_validate(task.config)
@@ -303,7 +344,8 @@ def execute_task(task: ParticipantTask) -> TaskResult:
     try:
         dump_config(config, ctx.path(datatype="log", desc=task.stage.name, suffix="config",
                                      extension=".yaml"))
-        summary = task.stage.load()(ctx) or {}
+        with route_library_output(log_file):
+            summary = task.stage.load()(ctx) or {}
         status = "excluded" if summary.get("excluded") else "done"
     except Exception as exc:
         error = _describe_error(exc)
@@ -323,6 +365,8 @@ def execute_task(task: ParticipantTask) -> TaskResult:
         record["outputs"] = previous.get("outputs", []) if previous else []
         _commit(staging, output_dir, None)
         record["fingerprint"] = None  # a failed record is never up to date
+        if task.keep_work:
+            record["work_dir"] = str(work)
     else:
         record["outputs"] = [
             *_commit(staging, output_dir, previous),
@@ -330,7 +374,10 @@ def execute_task(task: ParticipantTask) -> TaskResult:
         ]
     atomic_write_json(rec_path, record)
     shutil.rmtree(staging, ignore_errors=True)
-    if status != "failed":
+    if status == "failed" and task.keep_work:
+        logger.warning("sub-%s %s: scratch files kept in %s (--keep-work)", task.subject,
+                       task.stage.name, work)
+    else:
         shutil.rmtree(work, ignore_errors=True)
     message = None
     if error:

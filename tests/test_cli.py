@@ -18,6 +18,9 @@ def fast_stages(monkeypatch):
     """Real but millisecond-fast stages, so CLI tests do not depend on the imaging pipelines."""
     from brainage import stages
 
+    # the fake datasets are not valid BIDS (their NIfTI headers have no TR): no bids-validator here
+    monkeypatch.setenv("BRAINAGE_BIDS_VALIDATOR", "off")
+
     monkeypatch.setitem(stages.STAGES, "anat", stages.StageSpec("anat", "tests._stages:run_copy"))
     monkeypatch.setitem(stages.STAGES, "func", stages.StageSpec(
         "func", "tests._stages:run_downstream", requires=("anat",)))

@@ -149,7 +149,7 @@ def test_bundle_refuses_other_features(trained, tmp_path, capsys):
     _, _, deriv = trained
     bids2, deriv2 = write_cohort(tmp_path, n=20, seed=2, regions=REGIONS[:4])
     code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
-    assert code == 2
+    assert code == 4  # GroupLevelError: the cohort does not match the bundle
     err = capsys.readouterr().err
     assert "1 feature(s) of the bundle are missing (HarvardOxford_5)" in err
 
@@ -163,7 +163,7 @@ def test_corrupt_bundle_is_a_usage_error(trained, tmp_path, capsys):
     (bad / "extra.json").write_text((bad / "extra.json").read_text()[:-20])
     bids2, deriv2 = write_cohort(tmp_path, n=20, seed=3)
     code = main([str(bids2), str(deriv2), "group", "--model", str(bad)])
-    assert code == 2
+    assert code == 3  # ModelBundleError
     assert "extra.json" in capsys.readouterr().err
 
 

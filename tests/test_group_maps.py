@@ -103,7 +103,7 @@ def test_cnn_bundle_refuses_maps_at_another_resolution(trained, tmp_path, capsys
     for path in deriv2.rglob("*res-4_desc-falff_boldmap.nii.gz"):
         path.rename(path.with_name(path.name.replace("res-4", "res-3")))
     code = main([str(bids2), str(deriv2), "group", "--model", str(deriv / "group" / "model")])
-    assert code == 2
+    assert code == 4  # GroupLevelError
     assert "res-4" in capsys.readouterr().err
 
 

@@ -55,12 +55,13 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- conversions
 def to_ants(img):
-    """Convert a 3D nibabel image to an ANTsImage (float32)."""
+    """Convert a 3D nibabel image to an ANTsImage (float32; units mm and s, as antspyx wants)."""
     import ants
     import nibabel as nib
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    return ants.from_nibabel_nifti(nib.Nifti1Image(data, img.affine))
+    out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    out.header.set_xyzt_units("mm", "sec")  # else antspyx prints two warnings per conversion
+    return ants.from_nibabel_nifti(out)
 
 
 def to_nibabel(image, dtype=np.float32):
@@ -72,6 +73,7 @@ def to_nibabel(image, dtype=np.float32):
     data = np.asarray(out.dataobj).astype(dtype)
     img = nib.Nifti1Image(data, out.affine)
     img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
     return img
 
 
@@ -366,17 +368,27 @@ def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int 
     dict
         ``csf``, ``gm``, ``wm`` posterior probability ANTsImages.
     """
+    # antspyx writes the priors and posteriors to files named by tempfile.mktemp and never
+    # removes them: give it a folder of its own for the call, removed afterwards.
+    import tempfile
+
     import ants
 
-    out = ants.atropos(
-        a=image,
-        x=mask,
-        i=list(priors),
-        m=f"[{float(mrf)},1x1x1]",
-        c=f"[{int(iterations)},0.001]",
-        priorweight=float(prior_weight),
-    )
-    probs = out["probabilityimages"]
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="brainage-atropos-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            out = ants.atropos(
+                a=image,
+                x=mask,
+                i=list(priors),
+                m=f"[{float(mrf)},1x1x1]",
+                c=f"[{int(iterations)},0.001]",
+                priorweight=float(prior_weight),
+            )
+            probs = [p.clone() for p in out["probabilityimages"]]
+        finally:
+            tempfile.tempdir = previous
     if len(priors) == 4:
         other, csf, gm, wm = probs[:4]
         return {"other": other, "csf": csf, "gm": gm, "wm": wm}

@@ -8,6 +8,12 @@ given, and a did-you-mean suggestion for misspelled keys::
     pipelines/my.yaml: anat.registration.stepz: unknown key; did you mean 'steps'?
     (allowed keys: steps, metric_sampling, …)
 
+Types are strict: a quoted ``"2.0"`` is not a number and ``true`` is not an
+integer (an integer is a valid float). Iteration and shrink-factor lists,
+registration steps and atlas names are checked when the file is loaded; the
+band-pass edge against each run's Nyquist frequency is checked by the command
+line once the repetition times are known.
+
 The effective configuration of a run (defaults filled in) is written next to
 its outputs by :func:`dump_config`, and that file can be passed back with
 ``--config-file`` to reproduce the run.
@@ -43,6 +49,9 @@ from .group import (
     GroupConfig,
     GroupInputConfig,
     GroupQCConfig,
+    _atlas_kind,
+    _registry_atlases,
+    _suggest,
 )
 
 __all__ = [
@@ -64,6 +73,36 @@ __all__ = [
     "load_config",
     "pipeline_file",
 ]
+
+
+# --------------------------------------------------------------------------- checks
+def _positive_ints(value: list[int], example: str) -> list[int]:
+    """Refuse an empty list or one with an entry below 1."""
+    if not value:
+        raise ValueError(f"needs at least one level, e.g. {example}; got []")
+    bad = [v for v in value if v < 1]
+    if bad:
+        raise ValueError(f"every entry must be a positive integer, e.g. {example}; got {value!r}")
+    return value
+
+
+def _known_atlases(value: list[str], *, volumes_only: bool) -> list[str]:
+    """Refuse atlas ids that are not in the registry (``atlases/*.yaml``)."""
+    known = _registry_atlases()
+    for name in value:
+        if name not in known:
+            lower = {k.lower(): k for k in known}
+            hint = (f"did you mean {lower[name.lower()]!r}? " if name.lower() in lower
+                    else _suggest(name, known))
+            raise ValueError(f"unknown atlas {name!r}; {hint}known atlases: {', '.join(known)}; "
+                             f"got {value!r}")
+        if volumes_only and _atlas_kind(known[name]) == "coords":
+            volumes = [k for k, p in known.items() if _atlas_kind(p) == "volume"]
+            raise ValueError(f"atlas {name!r} is a set of coordinates; regional GM volumes need a "
+                             f"volume atlas ({', '.join(volumes)}); got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"lists an atlas more than once; got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- anat
@@ -100,6 +139,31 @@ class RegistrationConfig(_Section):
         description="Registration whose correlation with the template inside the brain falls below "
         "this is flagged as failed.",
     )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one step (allowed: rigid, affine, syn; e.g. "
+                             "[rigid, affine, syn]); got []")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a step more than once; got {value!r}")
+        return value
+
+    @field_validator("syn_iterations")
+    @classmethod
+    def _syn(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one level, e.g. [40, 20, 0]; got []")
+        if any(v < 0 for v in value) or not any(v > 0 for v in value):
+            raise ValueError("entries must be 0 or more (0 skips a level, usually the finest) and at "
+                             f"least one positive, e.g. [40, 20, 0]; got {value!r}")
+        return value
+
+    @field_validator("linear_shrink_factors")
+    @classmethod
+    def _shrink(cls, value: list[int]) -> list[int]:
+        return _positive_ints(value, "[8, 4, 2, 1]")
 
 
 class AnatConfig(_Section):
@@ -152,6 +216,16 @@ class AnatConfig(_Section):
     )
     qc_mosaic: bool = True
 
+    @field_validator("n4_iterations")
+    @classmethod
+    def _n4(cls, value: list[int]) -> list[int]:
+        return _positive_ints(value, "[50, 50, 30]")
+
+    @field_validator("atlases")
+    @classmethod
+    def _atlases(cls, value: list[str]) -> list[str]:
+        return _known_atlases(value, volumes_only=True)
+
 
 # --------------------------------------------------------------------------- func
 class FuncConfig(_Section):
@@ -190,6 +264,11 @@ class FuncConfig(_Section):
         default=10, ge=1, le=200,
         description="ANTs rigid iterations per volume in motion estimation (see docs/func.md).",
     )
+
+    @field_validator("atlases")
+    @classmethod
+    def _atlases(cls, value: list[str]) -> list[str]:
+        return _known_atlases(value, volumes_only=False)
 
     @field_validator("low_pass")
     @classmethod
@@ -241,6 +320,18 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return []
 
 
+#: Pydantic error types of a value of the wrong type (strict mode) and what the key expects.
+_STRICT_TYPES = {
+    "float_type": "a number (e.g. 2.0, unquoted)",
+    "int_type": "an integer (e.g. 4, unquoted; not true/false or 4.0)",
+    "bool_type": "true or false (unquoted)",
+    "string_type": "a string",
+    "list_type": "a list (e.g. [a, b])",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping of keys (a section)",
+}
+
+
 def _describe(error: dict, model: type[BaseModel]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc)
@@ -251,6 +342,9 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{key}: unknown key; {hint}(allowed keys: {', '.join(allowed)})"
     message = error["msg"].removeprefix("Value error, ")
+    expected = _STRICT_TYPES.get(error["type"])
+    if expected is not None:
+        return f"{key}: {message}: expected {expected}, not a {type(given).__name__}; got {given!r}"
     if "; got " in message:  # our own validators already say what was given
         return f"{key}: {message}"
     return f"{key}: {message}; got {given!r}"

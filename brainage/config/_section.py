@@ -10,4 +10,4 @@ __all__ = ["_Section"]
 class _Section(BaseModel):
     """Base of every configuration section: strict, immutable, no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)

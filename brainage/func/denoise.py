@@ -42,8 +42,8 @@ def clean_signals(signals: np.ndarray, confounds, sample_mask, *, tr: float,
         confounds=None if confounds is None else np.asarray(confounds, np.float64),
         standardize_confounds=True,
         filter="butterworth" if (high_pass or low_pass) else False,
-        low_pass=low_pass,
-        high_pass=high_pass,
+        low_pass=low_pass or None,
+        high_pass=high_pass or None,
         t_r=tr,
         sample_mask=np.asarray(sample_mask),
     )
@@ -128,6 +128,7 @@ def clean_voxels(signals: np.ndarray, confounds, sample_mask, *, tr: float,
     sig = interpolate_censored(sig, kept, n_vol)
     conf_full = None if conf is None else interpolate_censored(conf, kept, n_vol)
     if high_pass or low_pass:
+        low_pass, high_pass = low_pass or None, high_pass or None
         # copy=True: nilearn filters the whole array at once; in place it loops over
         # columns (20x slower for a brain, measured)
         sig = butterworth(sig, 1.0 / tr, low_pass=low_pass, high_pass=high_pass,

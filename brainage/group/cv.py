@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..console import current, progress
 from ..exceptions import GroupLevelError, StatsInputError
 from ..stats.bias import AgeBiasCorrection
 from .folds import NOT_IN_FOLDS, assign_folds
@@ -141,13 +142,19 @@ def _oos_predictions(name, cohort, keys, cfg, modalities, params, seed, device, 
     inner = assign_folds(table, n_splits=cfg.cv.inner_splits, seed=seed + 7919)
     out = np.full(len(keys), np.nan)
     keys = np.asarray(keys, dtype=object)
+    task = current()
+    base = task.description if task is not None else ""
     for j in range(cfg.cv.inner_splits):
+        if task is not None:
+            task.describe(f"{base}, bias correction {j + 1}/{cfg.cv.inner_splits}")
         tr, te = keys[inner != j], keys[inner == j]
         tf = FeatureTransforms.fit(cohort, tr, cfg, modalities, seed=seed)
         est = _fit(name, modalities, params, seed + 31 * (j + 1), device,
                    tf.inputs(cohort, tr, modalities, cache),
                    cohort.participants.loc[tr, "age"].to_numpy(float))
         out[inner == j] = est.predict(tf.inputs(cohort, te, modalities, cache))
+    if task is not None:
+        task.describe(base)
     return out
 
 
@@ -178,6 +185,17 @@ def _pid_info(est, X_test, y_test) -> dict:
     return info
 
 
+def fit_line(est) -> str:
+    """Describe a finished fit for the console: epochs run and best loss of a neural model."""
+    history = getattr(est, "history_", None)
+    if not history:
+        return ""
+    best = history[min(max(int(getattr(est, "best_epoch_", -1)), 0), len(history) - 1)]
+    n_val = (getattr(est, "training_summary_", None) or {}).get("n_validation", 0)
+    kind = "validation" if n_val else "training"
+    return f", {len(history)} epochs (best {int(best['epoch']) + 1}), {kind} loss {best['val_loss']:.3g}"
+
+
 def _contributions(est, X_target, age_target, X_train, y_train) -> pd.DataFrame | None:
     """Out-of-fold contributions of a PIDReg fold model (None for the other models)."""
     from ..estimators.baselines import BaselineRegressor
@@ -206,7 +224,10 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
     subsets = []  # modality selection: each fold model restricted to subsets of modalities, timed
     fit_seconds = predict_seconds = 0.0
     n_predicted = 0
+    task = current()
     for k in range(k_folds):
+        if task is not None:
+            task.describe(f"training: {name} fold {k + 1}/{k_folds}")
         seed = cfg.cv.seed + 1000 * (k + 1)
         train, test = keys[(folds != k) & (folds != NOT_IN_FOLDS)], keys[folds == k]
         target = np.concatenate([test, others])
@@ -220,7 +241,8 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         else:
             oos = _oos_predictions(name, cohort, train, cfg, modalities, params, seed, device, cache)
         corr = fit_correction(cfg, y_train, oos, parts.loc[train, "site"].to_numpy())
-        fit_seconds += time.perf_counter() - t0
+        fold_seconds = time.perf_counter() - t0
+        fit_seconds += fold_seconds
         t0 = time.perf_counter()
         X_target = tf.inputs(cohort, target, modalities, cache)
         pred = est.predict(X_target)
@@ -258,8 +280,12 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         if n_test and all(isinstance(v, np.ndarray) for v in X_target.values()):
             info.update(_pid_info(est, X_test, parts.loc[test, "age"].to_numpy(float)))
         fold_info.append(info)
-        logger.info("%s fold %d/%d: %d training controls, %.1f s", name, k + 1, k_folds, len(train),
-                    fit_seconds)
+        line = (f"{name} fold {k + 1}/{k_folds}: {len(train)} training controls{fit_line(est)}, "
+                f"fitted in {fold_seconds:.1f} s")
+        if task is not None:
+            task.finished(line)
+        else:
+            logger.info(line)
     allrows = pd.concat(rows, ignore_index=True)
     value_cols = [c for c in allrows.columns if c.startswith("predicted_age")]
     grouped = allrows.groupby("key", sort=False)
@@ -334,23 +360,31 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
                               "-1 for everyone else (patients are never trained on)")
     runs = {}
     cache = volume_cache(cohort, list(cohort.inputs), cfg.cache_maps_gb)
-    for name in models or cfg.models:
-        mods = model_modalities(name, cohort)
-        missing = [m for m in mods if m not in cohort.inputs]
-        if missing:
-            raise GroupLevelError(f"model {name} needs modality {', '.join(missing)}, which the cohort lacks")
-        # With group.missing_modality "available", a model sees the participants that have
-        # every modality it uses; the others get no prediction from it.
-        usable = parts["modalities"].map(lambda s, mods=mods: set(mods) <= set(str(s).split("+")))
-        usable = usable.to_numpy(dtype=bool)
-        sub = cohort if usable.all() else cohort.subset(parts.index[usable])
-        t0 = time.perf_counter()
-        runs[name] = _run_model(name, sub, folds[usable], cfg, mods,
-                                dict(cfg.model_params.get(name, {})), device, cache,
-                                attributions=cfg.attributions and name == cfg.primary_model,
-                                selection=name == cfg.primary_model)
-        logger.info("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
+    names = list(models or cfg.models)
+    with progress("training", len(names) * (int(folds.max()) + 1), log=logger) as task:
+        for name in names:
+            runs[name] = _cross_validate_model(name, cohort, folds, cfg, device, cache)
+            task.describe("training")
     settings = {"n_splits": int(folds.max()) + 1, "scheme": cfg.cv.scheme, "seed": cfg.cv.seed,
                 "inner_splits": cfg.cv.inner_splits, "n_controls": n_controls,
                 "n_others": int((~controls).sum())}
     return CVResult(folds=pd.Series(folds, index=parts.index, name="fold"), runs=runs, settings=settings)
+
+
+def _cross_validate_model(name, cohort, folds, cfg, device, cache) -> ModelRun:
+    parts = cohort.participants
+    mods = model_modalities(name, cohort)
+    missing = [m for m in mods if m not in cohort.inputs]
+    if missing:
+        raise GroupLevelError(f"model {name} needs modality {', '.join(missing)}, which the cohort lacks")
+    # With group.missing_modality "available", a model sees the participants that have
+    # every modality it uses; the others get no prediction from it.
+    usable = parts["modalities"].map(lambda s, mods=mods: set(mods) <= set(str(s).split("+")))
+    usable = usable.to_numpy(dtype=bool)
+    sub = cohort if usable.all() else cohort.subset(parts.index[usable])
+    t0 = time.perf_counter()
+    run = _run_model(name, sub, folds[usable], cfg, mods, dict(cfg.model_params.get(name, {})), device,
+                     cache, attributions=cfg.attributions and name == cfg.primary_model,
+                     selection=name == cfg.primary_model)
+    logger.debug("%s cross-validated in %.1f s", name, time.perf_counter() - t0)
+    return run

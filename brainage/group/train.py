@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cv import cross_validate, fit_correction, model_modalities, validation_split
+from ..console import progress
+from .cv import cross_validate, fit_correction, fit_line, model_modalities, validation_split
 from .deviations import deviations_table
 from .outputs import REGION_PARTICIPANT_COLUMNS, REGIONS_COLUMNS, group_dir, write_json, write_table
 from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pid_report, predictions_table
@@ -202,9 +203,12 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
                          random_state=cfg.cv.seed, device=device)
     y = parts.loc[usable, "age"].to_numpy(float)
     t0 = time.perf_counter()
-    est.fit(tf.inputs(cohort, usable, mods, volume_cache(cohort, mods, cfg.cache_maps_gb)), y,
-            validation_idx=validation_split(y, cfg.cv.seed))
-    final_seconds = time.perf_counter() - t0
+    with progress(f"training: {primary} on all controls", 1, log=logger) as task:
+        est.fit(tf.inputs(cohort, usable, mods, volume_cache(cohort, mods, cfg.cache_maps_gb)), y,
+                validation_idx=validation_split(y, cfg.cv.seed))
+        final_seconds = time.perf_counter() - t0
+        task.finished(f"{primary} on all {len(usable)} controls{fit_line(est)}, "
+                      f"fitted in {final_seconds:.1f} s")
     corr = fit_correction(cfg, y, run.predictions.loc[usable, "predicted_age"].to_numpy(float),
                           parts.loc[usable, "site"].to_numpy())
     headline = headline_metrics(table, primary)

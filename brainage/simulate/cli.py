@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "next_command", "run"]
 
 _PRESETS = ("default", "demo", "test")
+#: The shipped pipeline (``pipelines/<name>.yaml``) whose settings fit each preset's data.
+PIPELINE_OF_PRESET = {"default": "default", "demo": "demo", "test": "test"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="participants simulated in parallel (default 1)")
 
 
+def next_command(root, preset: str) -> str:
+    """Return the ``brainage`` command that processes a simulated dataset, with its matching pipeline.
+
+    Parameters
+    ----------
+    root : path-like
+        The simulated dataset.
+    preset : str
+        The simulator preset it was written with.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> next_command("/data/sim", "test")
+    'brainage /data/sim /data/sim/derivatives/brainage participant --config-file test'
+    """
+    import shlex
+    from pathlib import Path
+
+    root = Path(root)
+    out = root / "derivatives" / "brainage"
+    return (f"brainage {shlex.quote(str(root))} {shlex.quote(str(out))} participant "
+            f"--config-file {PIPELINE_OF_PRESET[preset]}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``brainage simulate`` with parsed arguments; return the exit code."""
     import json
@@ -80,4 +110,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"ground truth: {root / TRUTH_DIR}")
     print(f"true PID atoms (bits, structural=1, functional=2): {pid}")
     print(f"oracle MAE: {truth['oracle_mae_years']:.2f} years")
+    print(f"next: {next_command(root, args.preset)}")
     return 0

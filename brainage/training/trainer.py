@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainage.console import report_epoch
 from brainage.models.pidreg import PIDReg, fusion_weights_from_atoms, pair_key
 from brainage.models.presets import PIDRegConfig
 from brainage.training.datasets import MultiModalData, batch_indices
@@ -433,7 +434,7 @@ def train_model(
                     if stable >= cfg.freeze_patience:
                         stage = 2
                         result.stage2_epoch = epoch + 1
-                        logger.info("PID weights frozen after epoch %d", epoch)
+                        logger.debug("PID weights frozen after epoch %d", epoch)
                 prev_windowed = windowed
         if is_pid:
             entry["weights"] = model.fusion_weights_dict()
@@ -450,13 +451,15 @@ def train_model(
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
         logger.debug("epoch %d: %s", epoch, {k: entry[k] for k in ("train_loss", "val_loss")})
+        if rank == 0:
+            report_epoch(epoch + 1, cfg.max_epochs)  # on the progress bar, if one is drawn
         if val < best[0] - 1e-12:
             best = (val, epoch, copy.deepcopy(model.state_dict()))
             since_best = 0
         else:
             since_best += 1
             if since_best >= cfg.early_stopping_patience:
-                logger.info("early stopping after epoch %d (best %d)", epoch, best[1])
+                logger.debug("early stopping after epoch %d (best %d)", epoch, best[1])
                 break
     if best[2] is not None:
         model.load_state_dict(best[2])
