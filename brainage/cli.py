@@ -144,9 +144,14 @@ def _demo_parser() -> argparse.ArgumentParser:
         "out_dir", type=Path, nargs="?", default=Path("brainage-demo"), metavar="OUT_DIR",
         help="where to put the dataset, derivatives and report (default ./brainage-demo)",
     )
-    parser.add_argument("--n-subjects", type=int, default=40, help="cohort size (default 40)")
+    parser.add_argument("--n-subjects", type=int, default=None,
+                        help="cohort size (default: the demo preset's, 40)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--nprocs", type=int, default=2, help="local worker processes (default 2)")
+    parser.add_argument(
+        "--config-file", default="demo", metavar="YAML",
+        help="pipeline spec (default: demo; demo-cnn reads the functional maps with a 3D CNN)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
@@ -308,7 +313,8 @@ def run_demo(args) -> int:
     """`brainage demo`: simulate → participant → group → report, with what exists."""
     from .demo import run_demo as _run
 
-    return _run(args.out_dir, n_subjects=args.n_subjects, seed=args.seed, nprocs=args.nprocs)
+    return _run(args.out_dir, n_subjects=args.n_subjects, seed=args.seed, nprocs=args.nprocs,
+                config_file=args.config_file)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -18,6 +18,7 @@ from .formatting import DASH, ci, fmt, fmt_p, link, make_table, signed
 from .interpretation import atlas_pid_tables, atlas_tables, modalities_text, modality_accuracy, pid_tables
 from .labels import MODALITY_NAMES, modality_label, pid_pair
 from .literature import CAVEAT, comparison_rows, load_literature, match_groups
+from .scope import scope_text
 
 __all__ = ["cohort_context", "literature_rows"]
 
@@ -550,6 +551,7 @@ def cohort_context(data, pages: dict | None = None) -> dict:
     text["cohort"] = [_cohort_text(data)]
     text["run"] = [_run_text(data)]
     text["exclusions"] = []
+    text["scope"] = scope_text(data)
     tables["exclusions"] = _exclusions_table(data)
     text["accuracy"] = _accuracy_text(data)
     tables["metrics"], tables["metrics_corrected"] = _metrics_tables(data)

@@ -275,6 +275,14 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "demo": {
         "n_subjects": 40,
+        # patients modelled on MCI converters (a gap of about +6 years at baseline and +9 at
+        # follow-up; Gaser et al. 2013, PLoS One 8:e67346), large enough for 12 patients
+        # against 28 controls to show it (the report states the detectable difference)
+        "patient_gap": 7.0,
+        # a low-motion cohort: 100-volume runs, where one extra spike moves the mean FD past
+        # the 0.3 mm QC threshold
+        "motion_spikes": 1.0,
+        "motion_drift_mm": 0.3,
         "t1_voxel_size": 2.5,
         "bold_voxel_size": 4.0,
         "n_volumes": 100,
