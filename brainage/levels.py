@@ -81,6 +81,29 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
     return outputs
 
 
+def _gap_lines(outputs) -> list[str]:
+    """One line per group compared with the controls (all sites), from ``groups.tsv``."""
+    import math
+
+    import pandas as pd
+
+    path = outputs.files.get("groups")
+    if path is None or not Path(path).is_file():
+        return []
+    try:
+        groups = pd.read_csv(path, sep="\t")
+    except (OSError, ValueError, pd.errors.ParserError):
+        return []
+    lines = []
+    for _, r in groups[groups.get("scope", pd.Series(dtype=str)) == "all"].iterrows():
+        gap, lo, hi = (float(r.get(k, "nan")) for k in ("mean_gap", "ci_low", "ci_high"))
+        if math.isfinite(gap):
+            n = int(r["n"]) if pd.notna(r.get("n")) else "n/a"
+            lines.append(f"  {r['group']} vs controls (n = {n}): corrected gap {gap:+.1f} y, "
+                         f"95 % CI {lo:+.1f} to {hi:+.1f} (adjusted for the covariates; groups.tsv)")
+    return lines
+
+
 def group_summary(outputs) -> list[str]:
     """Console lines: where each output is, and the primary model's uncorrected accuracy."""
     h = outputs.headline
@@ -91,8 +114,14 @@ def group_summary(outputs) -> list[str]:
             f"  controls out of sample (n = {h['n']}, ages {h['age_min']:.0f}-{h['age_max']:.0f}): "
             f"MAE {h['mae']:.2f} y, r {h['r']:.2f}, gap-age slope {h['gap_age_slope']:.2f} (uncorrected)"
         )
-    for name, path in outputs.files.items():
-        lines.append(f"  {name}: {path}")
+    lines.extend(_gap_lines(outputs))
+    files = dict(outputs.files)
+    model = files.pop("model", None)
+    if files:
+        names = ", ".join(Path(p).name for p in files.values())
+        lines.append(f"  {len(files)} file(s) in {outputs.directory}: {names}")
+    if model is not None:
+        lines.append(f"  model bundle: {model}")
     if getattr(outputs, "reports", None) is not None:
         lines.extend(outputs.reports.summary())
     return lines
