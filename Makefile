@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIDS_VALIDATOR_VERSION ?= 1.15.0
 DEMO_DIR ?= brainage-demo
 
-.PHONY: install demo test test-all lint bench tools chromium clean
+.PHONY: install install-test demo test test-all lint bench tools chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,21 +20,31 @@ $(BIN)/python:
 # CPU build otherwise, so that resolving the package's `torch` requirement
 # never pulls the multi-GB CUDA wheels onto a machine without a GPU.
 $(VENV)/.torch-installed: | $(BIN)/python
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	@start=$$(date +%s); \
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  echo "NVIDIA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
 	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
 	else \
 	  echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	  || $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
-	fi
+	fi && echo "installed torch in $$(( $$(date +%s) - start )) s"
 	touch $@
 
+# The runtime (what `make demo` needs), then the test tools on top (`make test`); each step
+# says how long it took, since installation is a new user's first wait.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
+	@start=$$(date +%s); echo "installing brainage and its dependencies into $(VENV) (about 2 GB, mostly PyTorch, ANTs and MONAI)"; \
+	$(BIN)/pip install --quiet -e . && echo "installed in $$(( $$(date +%s) - start )) s"
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.test-installed
 
 # The official BIDS validator (npm package), used by the test suite.
 .tools/node_modules/.bin/bids-validator:
@@ -55,14 +65,14 @@ tools: .tools/node_modules/.bin/bids-validator chromium
 demo: install
 	$(BIN)/brainage demo $(DEMO_DIR)
 
-test: install tools
+test: install-test tools
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: install
+bench: install-test
 	$(BIN)/python bench/run
 
 clean:

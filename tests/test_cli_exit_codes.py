@@ -18,16 +18,8 @@ from brainage.exceptions import (
     exit_code,
 )
 
-
-@pytest.fixture(autouse=True)
-def fast_stages(monkeypatch):
-    """Millisecond stages and no BIDS validator (the fake datasets have no TR in their headers)."""
-    from brainage import stages
-
-    monkeypatch.setenv("BRAINAGE_BIDS_VALIDATOR", "off")
-    monkeypatch.setitem(stages.STAGES, "anat", stages.StageSpec("anat", "tests._stages:run_copy"))
-    monkeypatch.setitem(stages.STAGES, "func", stages.StageSpec(
-        "func", "tests._stages:run_downstream", requires=("anat",)))
+# millisecond stages and no BIDS validator, as in test_cli (autouse there and here)
+from .test_cli import fast_stages  # noqa: F401
 
 
 def _run(capsys, *argv):

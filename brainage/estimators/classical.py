@@ -305,7 +305,8 @@ class ClassicalRegressor(BundleIO, RegressorMixin, BaseEstimator):
         self.alpha_ = float(ridge.alpha_)
         if alphas.size > 1 and self.alpha_ in (alphas.min(), alphas.max()):
             logger.warning(
-                "Ridge chose alpha=%g at the edge of the alphas tried (%g … %g); widen alphas.",
+                "Ridge chose alpha=%g at the edge of the alphas tried (%g … %g): the best penalty may lie "
+                "beyond them; search wider with group.model_params.<model>: {alphas: [...]}",
                 self.alpha_, alphas.min(), alphas.max())
 
     def _fit_gpr(self, Z: np.ndarray, y: np.ndarray) -> None:
