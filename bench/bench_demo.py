@@ -13,7 +13,7 @@ Run from the repository root on a quiet machine::
 
     .venv/bin/python bench/bench_demo.py [--out /tmp/brainage-demo-bench] [--keep]
 
-Writes ``bench/results/demo.json``.
+Writes ``bench/results/demo.json`` (``--config-file demo-cnn``: ``demo_cnn.json``).
 """
 
 from __future__ import annotations
@@ -46,12 +46,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/brainage-demo-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the demo's outputs")
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--config-file", default="demo",
+                        help="the demo's pipeline (demo-cnn writes bench/results/demo_cnn.json)")
     args = parser.parse_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)
     load_before = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
-    proc = subprocess.run([_brainage(), "demo", str(args.out), "--nprocs", str(args.nprocs)],
+    proc = subprocess.run([_brainage(), "demo", str(args.out), "--nprocs", str(args.nprocs),
+                           "--config-file", args.config_file],
                           capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     load_after = [round(v, 2) for v in os.getloadavg()]
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     sizes = {name: round(sum(p.stat().st_size for p in (args.out / name).rglob("*") if p.is_file()) / 1e6, 1)
              for name in ("bids",)}
     result = {
-        "command": f"brainage demo OUT --nprocs {args.nprocs}",
+        "command": f"brainage demo OUT --nprocs {args.nprocs} --config-file {args.config_file}",
         "wall_seconds": round(wall, 1),
         "target_seconds": TARGET_SECONDS,
         "within_target": wall <= TARGET_SECONDS,
@@ -94,7 +97,9 @@ def main(argv=None) -> int:
         "note": "wall seconds of the console script on this machine; load_average_before should be "
                 "near 0 for a quiet-machine figure",
     }
-    path = write_result("demo", result)
+    stem = Path(args.config_file).stem.removeprefix("demo-").replace("-", "_")
+    name = "demo" if args.config_file == "demo" else f"demo_{stem}"
+    path = write_result(name, result)
     print(json.dumps({k: result[k] for k in ("wall_seconds", "step_seconds", "patient_gap_primary",
                                              "mae_uncorrected_controls")}, indent=1))
     print(f"wrote {path}")

@@ -193,7 +193,7 @@ FIGURES = {
                        ["pidreg (primary)", "ridge", "3.90 y (r = 0.91, n = 7)",
                         "MAE of controls, uncorrected (years)"]),
     "literature_comparison": (lambda d, p: F.literature_comparison(d["literature"], p),
-                              [f"this cohort: {PATIENT} (anat)", "Constantinides et al. 2023 (sMRI)",
+                              [f"this cohort: {PATIENT} (anat)", "Constantinides et al.",
                                "+3.55 [+2.91, +4.19]", "+2.00", "published", "Brain-age gap (years)"]),
     "pid_atoms": (lambda d, p: F.pid_atoms(d["pid"]["held_out"], p, per_fold=d["pid"]["per_fold"]),
                   ["Unique anat", "Unique func", "Redundant", "Synergy", "bits", "held-out, n = 40",
@@ -461,3 +461,20 @@ def test_docstring_examples():
     for module in (F, B):
         result = doctest.testmod(module)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
+
+
+def test_long_literature_labels_wrap_and_keep_the_axes(tmp_path):
+    import warnings
+
+    rows = pd.DataFrame({
+        "label": ["this cohort: patient (MCI converting to Alzheimer's disease)",
+                  "MCI converting to Alzheimer's disease: Gaser et al. 2013"],
+        "gap": [6.1, 6.0], "ci_low": [1.7, np.nan], "ci_high": [10.6, np.nan],
+        "source": ["cohort", "published"],
+        "modality": ["structural MRI + resting-state fMRI", "GM (BrainAGE)"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        F.literature_comparison(rows, tmp_path / "lit.svg")
+    assert not [w for w in caught if "constrained_layout" in str(w.message)]
+    text = _svg_text(tmp_path / "lit.svg")
+    assert "Gaser et al. 2013" in text and "(MCI converting" in text

@@ -234,24 +234,28 @@ def literature_comparison(rows: pd.DataFrame, path) -> Path:
     cohort = frame["source"].astype(str).eq("cohort")
     frame = pd.concat([frame[cohort], frame[~cohort]]).reset_index(drop=True)
     cohort = frame["source"].astype(str).eq("cohort")
-    fig = _new_figure(7.2, 1.2 + 0.3 * len(frame))
+    has_modality = "modality" in frame
+    # long condition, study and modality names wrap so that the axes keep their width
+    labels = [textwrap.fill(f"{row['label']} ({row['modality']})" if has_modality
+                            and isinstance(row["modality"], str) and row["modality"] else str(row["label"]),
+                            36) for _, row in frame.iterrows()]
+    lines = max(label.count("\n") + 1 for label in labels)
+    step = max(1.0, 0.55 * lines)
+    fig = _new_figure(7.2, 1.2 + 0.3 * step * len(frame))
     ax = fig.subplots()
     ax.axvline(0, color="black", linewidth=0.7, zorder=1)
-    ys = -np.arange(len(frame), dtype=float)
+    ys = -step * np.arange(len(frame), dtype=float)
     for y, is_cohort, (_, row) in zip(ys, cohort, frame.iterrows()):
         color = HIGHLIGHT if is_cohort else "#8c8c8c"
         _draw_interval(ax, y, row["gap"], row["ci_low"], row["ci_high"], color, summary=False)
         if is_cohort:
             ax.plot([row["gap"]], [y], marker="D", markersize=7, color=color, markeredgecolor="black",
                     markeredgewidth=0.5, zorder=4)
-    has_modality = "modality" in frame
-    labels = [f"{row['label']} ({row['modality']})" if has_modality and isinstance(row["modality"], str)
-              and row["modality"] else str(row["label"]) for _, row in frame.iterrows()]
-    ax.set_yticks(ys, labels=labels)
+    ax.set_yticks(ys, labels=labels, fontsize=8 if lines > 1 else None)
     for tick, is_cohort in zip(ax.get_yticklabels(), cohort):
         tick.set_fontweight("bold" if is_cohort else "normal")
         tick.set_color(HIGHLIGHT if is_cohort else "black")
-    ax.set_ylim(ys.min() - 0.7, 0.7)
+    ax.set_ylim(ys.min() - 0.7 * step, 0.7 * step)
     ax.spines["left"].set_visible(False)
     ax.tick_params(axis="y", length=0)
     ax.set_xlabel("Brain-age gap (years)")
