@@ -422,6 +422,9 @@ class PIDRegressor(BundleIO, RegressorMixin, BaseEstimator):
             )
         if not isinstance(X, Mapping):
             raise UsageError(f"X must be a dict of modalities, got {type(X).__name__}.")
+        from brainage.training.datasets import tables_as_arrays
+
+        X = tables_as_arrays(X)
         missing = sorted(set(use) - set(X))
         if missing:
             raise UsageError(

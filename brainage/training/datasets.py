@@ -17,9 +17,68 @@ import torch
 
 from brainage.exceptions import UsageError
 
-__all__ = ["MultiModalData", "VolumeDataset", "batch_indices", "volume_dataset"]
+__all__ = ["MultiModalData", "VolumeDataset", "batch_indices", "tables_as_arrays", "volume_dataset"]
 
 logger = logging.getLogger(__name__)
+
+
+def tables_as_arrays(X):
+    """Turn the pandas tables among the modalities of ``X`` into float32 arrays, rows = participants.
+
+    A :class:`pandas.DataFrame` (or Series) is a table of participants × features, not an
+    indexable dataset (``frame[i]`` would select a column). Every table must hold only numeric
+    columns, and all the tables of ``X`` must share the same row index (the same participants
+    in the same order). Other values are returned unchanged.
+
+    Parameters
+    ----------
+    X : dict of str to array-like, dataset or pandas object
+        The modalities.
+
+    Returns
+    -------
+    dict
+        ``X`` with each table replaced by its values.
+
+    Raises
+    ------
+    UsageError
+        A table with non-numeric columns, or tables whose row indexes differ.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> out = tables_as_arrays({"a": pd.DataFrame({"x": [1, 2], "y": [3, 4]})})
+    >>> out["a"].shape
+    (2, 2)
+    """
+    if not isinstance(X, Mapping):
+        return X
+    import pandas as pd
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    out, index, first = dict(X), None, None
+    for name, value in X.items():
+        if not isinstance(value, (pd.DataFrame, pd.Series)):
+            continue
+        frame = value.to_frame() if isinstance(value, pd.Series) else value
+        bad = [str(c) for c in frame.columns
+               if not is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])]
+        if bad:
+            raise UsageError(
+                f"Modality {name!r} is a table with non-numeric column(s) {bad[:5]}; give numeric "
+                "features only (participants as rows), e.g. frame.drop(columns=[...])."
+            )
+        if index is None:
+            index, first = frame.index, name
+        elif not frame.index.equals(index):
+            raise UsageError(
+                f"Modalities {first!r} and {name!r} are tables with different row indexes; rows "
+                f"must be the same participants in the same order (e.g. X[{name!r}] = "
+                f"X[{name!r}].loc[X[{first!r}].index])."
+            )
+        out[name] = frame.to_numpy(dtype=np.float32)
+    return out
 
 
 class VolumeDataset(torch.utils.data.Dataset):
@@ -106,6 +165,7 @@ class MultiModalData:
     """
 
     def __init__(self, X: Mapping):
+        X = tables_as_arrays(X)
         if not isinstance(X, Mapping) or len(X) == 0:
             raise UsageError(
                 "X must be a dict mapping modality names to arrays or datasets, e.g. "
