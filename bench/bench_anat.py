@@ -252,7 +252,7 @@ def main() -> None:
     import pandas as pd
 
     from bench._common import write_result
-    from brainage.anat.preprocess import template
+    from brainage.anat.template import template
     from brainage.simulate import simulate_cohort
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_anat_"))

@@ -37,7 +37,8 @@ def _true_native_maps(root, sub):
 
 def _fmriprep_folder(root, subjects, dest):
     """Write fMRIPrep-named anatomical derivatives of ``subjects`` under ``dest``."""
-    from brainage.anat.preprocess import n4, to_ants, to_nibabel
+    from brainage.anat.bias import n4
+    from brainage.anat.convert import to_ants, to_nibabel
 
     dest.mkdir(parents=True)
     (dest / "dataset_description.json").write_text(json.dumps({

@@ -12,7 +12,7 @@ from brainage.atlases import load_atlas
 
 
 def _grid(res=4.0):
-    from brainage.anat.preprocess import template
+    from brainage.anat.template import template
 
     return template(res)["t1"]
 
@@ -141,7 +141,7 @@ def _sphere_head(spacing=2.0, rim_mm=4.0, noise=0.01, seed=0):
 
 
 def test_extracerebral_csf_stops_at_the_skull():
-    from brainage.anat.preprocess import extracerebral_csf
+    from brainage.anat.segmentation import extracerebral_csf
 
     spacing = 2.0
     img, brain, r = _sphere_head(spacing)
@@ -160,7 +160,7 @@ def test_extracerebral_csf_stops_at_the_skull():
 
 
 def test_partial_volume_unmixes_the_two_most_probable_classes():
-    from brainage.anat.preprocess import partial_volume
+    from brainage.anat.partial_volume import partial_volume
 
     levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
     intensity = np.array([0.2, 0.425, 0.8, 1.1, 0.6, 0.6], np.float32)
@@ -183,7 +183,7 @@ def test_partial_volume_unmixes_the_two_most_probable_classes():
 
 def test_mixel_fractions_keep_noisy_pure_tissue_pure():
     """Noise around a pure level is not turned into the neighbouring class (clipping bias)."""
-    from brainage.anat.preprocess import noise_sd, partial_volume
+    from brainage.anat.partial_volume import noise_sd, partial_volume
 
     rng = np.random.default_rng(0)
     levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
@@ -216,7 +216,7 @@ def test_mixel_fractions_keep_noisy_pure_tissue_pure():
 
 def test_excluded_class_is_not_unmixed():
     """A ventricle wall (CSF/WM mixture with GM-like intensity) where the template has no GM."""
-    from brainage.anat.preprocess import partial_volume
+    from brainage.anat.partial_volume import partial_volume
 
     levels = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
     intensity = np.array([0.625, 0.625], np.float32)
@@ -230,7 +230,7 @@ def test_excluded_class_is_not_unmixed():
 
 
 def test_tissue_levels_take_pure_grey_matter_from_the_core():
-    from brainage.anat.preprocess import tissue_levels
+    from brainage.anat.partial_volume import tissue_levels
 
     # a thick GM slab whose two outer layers are GM/CSF mixtures (thinned cortex)
     shape = (40, 12, 12)
@@ -304,7 +304,8 @@ def test_gm_and_ventricle_trends_with_age_have_the_simulated_sign(tmp_path):
 def test_resampled_copy_only_for_finer_images_and_head_mask_on_shrunk_grid():
     import ants
 
-    from brainage.anat.preprocess import head_mask, resampled
+    from brainage.anat.bias import head_mask
+    from brainage.anat.convert import resampled
 
     img, brain, r = _sphere_head(spacing=1.0)
     fine = ants.from_numpy(img, spacing=(1.0, 1.0, 1.0))
@@ -324,7 +325,7 @@ def test_registration_is_reproducible_with_its_seed(tmp_path):
     import ants
     from scipy import ndimage
 
-    from brainage.anat.preprocess import register
+    from brainage.anat.registration import register
 
     rng = np.random.default_rng(0)
     vol = ndimage.gaussian_filter(rng.random((40, 44, 40)), 3).astype(np.float32)

@@ -168,8 +168,8 @@ def run(ctx) -> dict:
     from ..imageio import load_checked
     from ..io import atomic_write_json, atomic_write_tsv, save_nifti
     from .pipeline import process_t1w
-    from .preprocess import template
     from .qc import qc_metrics, save_mosaic
+    from .template import template
 
     cfg = ctx.config.anat
     tissue = None
