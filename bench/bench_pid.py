@@ -9,7 +9,7 @@ times
   covariance),
 * ``brainage.models.pid_torch.gaussian_pid_torch`` (closed form, torch, CPU,
   forward only and forward + backward),
-* ``brainage.pid.gaussian_pid_general`` (projected-gradient solver of the
+* ``brainage.pid_general.gaussian_pid_general`` (projected-gradient solver of the
   general ~G-PID, on the same batch covariance, and from the samples with the
   covariance computed inside the timing),
 
@@ -56,9 +56,9 @@ from brainage.models.pid_torch import gaussian_pid_torch  # noqa: E402
 from brainage.pid import (  # noqa: E402
     gaussian_pid,
     gaussian_pid_from_cov,
-    gaussian_pid_general,
     mi_bias_bits,
 )
+from brainage.pid_general import gaussian_pid_general  # noqa: E402
 
 ATOMS = ("U1", "U2", "R", "S", "I1", "I2", "I12")
 

@@ -9,10 +9,10 @@ from brainage.pid import (
     PIDResult,
     gaussian_pid,
     gaussian_pid_from_cov,
-    gaussian_pid_general,
     inverse_normal_transform,
     mi_bias_bits,
 )
+from brainage.pid_general import gaussian_pid_general
 
 ATOL_EXACT = 1e-6
 
