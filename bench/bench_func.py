@@ -179,8 +179,8 @@ def _t1_to_mni_error(out, root, sub, template, brain):
 
     from brainage.anat.outputs import anat_outputs
     from brainage.func.registration import to_ants
-    from brainage.simulate.anatomy import read_true_geometry
     from brainage.simulate.bold import true_mni_to_native
+    from brainage.simulate.geometry import read_true_geometry
 
     anat = anat_outputs(out, sub, resolution=2.0)
     ijk = np.argwhere(brain)

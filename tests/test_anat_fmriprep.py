@@ -22,7 +22,7 @@ SPACE = "MNI152NLin2009aSym"
 
 def _true_native_maps(root, sub):
     """The true GM/WM/CSF fractions and brain mask of ``sub`` on its T1w grid."""
-    from brainage.simulate.anatomy import native_to_mni, read_true_geometry, sample, voxel_points
+    from brainage.simulate.geometry import native_to_mni, read_true_geometry, sample, voxel_points
 
     truth = root / TRUTH / f"sub-{sub}" / "anat"
     t1 = nib.load(root / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")

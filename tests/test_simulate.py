@@ -159,15 +159,15 @@ def test_images_declare_mm_and_seconds(dataset):
 
 
 def test_deformation_is_the_same_on_the_grid_and_at_points():
-    from brainage.simulate import anatomy
+    from brainage.simulate import geometry
 
     rng = np.random.default_rng(3)
-    deformation = anatomy.draw_deformation(rng, 2.0, 16.0)
+    deformation = geometry.draw_deformation(rng, 2.0, 16.0)
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
     affine[:3, 3] = [-106.0, -142.0, -80.0]
     shape = (20, 24, 18)
     dense, _ = deformation.dense(shape, affine)
-    points = anatomy.voxel_points(shape, affine)
+    points = geometry.voxel_points(shape, affine)
     at = deformation.at(points, shape, affine).reshape(3, *shape)
     np.testing.assert_allclose(dense, at, atol=1e-4)
     # Lattice points carry the exact spline values.
@@ -275,13 +275,13 @@ def test_bids_validator_reports_no_errors(dataset):
 
 
 def test_structural_aging_loses_gm_regionally_and_grows_ventricles():
-    from brainage.simulate import anatomy
+    from brainage.simulate import aging, anatomy
 
     params = resolve_params("test")
     tpl = anatomy.load_templates(3.0, params.atlas, params.regional_weights)
     flat = np.zeros(tpl.shape, np.float32)
-    young = anatomy.aged_tissues(tpl, 20.0, params, flat)
-    old = anatomy.aged_tissues(tpl, 80.0, params, flat)
+    young = aging.aged_tissues(tpl, 20.0, params, flat)
+    old = aging.aged_tissues(tpl, 80.0, params, flat)
     assert old["gm"].sum() < 0.9 * young["gm"].sum()
     assert old["ventricles"].sum() > 1.5 * young["ventricles"].sum()
     assert np.allclose(old["gm"] + old["wm"] + old["csf"], tpl.mask, atol=1e-5)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from brainage.simulate import anatomy
+from brainage.simulate import aging, anatomy
 from brainage.simulate.params import resolve_params
 
 
@@ -10,8 +10,8 @@ def test_grey_matter_is_lost_from_the_side_that_faces_csf():
     params = resolve_params("test")
     tpl = anatomy.load_templates(3.0, params.atlas, params.regional_weights)
     flat = np.zeros(tpl.shape, np.float32)
-    young = anatomy.aged_tissues(tpl, 20.0, params, flat)
-    old = anatomy.aged_tissues(tpl, 80.0, params, flat)
+    young = aging.aged_tissues(tpl, 20.0, params, flat)
+    old = aging.aged_tissues(tpl, 80.0, params, flat)
     gm = tpl.gm
     # exposure is scaled to a GM-weighted mean of 1, so the total loss keeps the
     # regional rate: 0.25 %/year x 60 years x weights >= 1, and less than the clip allows

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainage.simulate.anatomy import draw_deformation, native_to_mni, rigid_matrix
+from brainage.simulate.anatomy import rigid_matrix
 from brainage.simulate.bold import true_mni_to_native
+from brainage.simulate.geometry import draw_deformation, native_to_mni
 
 
 def test_true_mni_to_native_inverts_the_forward_map():

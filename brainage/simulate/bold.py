@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .anatomy import (
-    epi_intensity,
-    native_sample,
-    region_kind_indices,
-    rigid_matrix,
-    warp,
-    warp_coordinates,
-)
+from .aging import epi_intensity
+from .anatomy import region_kind_indices, rigid_matrix
+from .geometry import native_sample, warp, warp_coordinates
 
 __all__ = [
     "couplings",
@@ -304,7 +299,7 @@ def true_mni_to_native(points: np.ndarray, pose: np.ndarray, scale: float, defor
     """Invert the true native → MNI map for MNI points of shape (N, 3).
 
     The forward map is ``m = g + u(g)`` with ``g = P⁻¹ x / s``
-    (:func:`~brainage.simulate.anatomy.native_to_mni`); ``g`` is found by the
+    (:func:`~brainage.simulate.geometry.native_to_mni`); ``g`` is found by the
     fixed-point iteration ``g ← m − u(g)`` (``u`` is smooth and a few mm, so it
     converges to well below a micrometre in 20 steps), then ``x = P (s g)``.
 
@@ -352,7 +347,7 @@ def true_bold_in_mni(root, subject: str, target, mask=None, task: str = "rest") 
     import pandas as pd
     from scipy import ndimage
 
-    from .anatomy import read_true_geometry
+    from .geometry import read_true_geometry
 
     root = Path(root)
     sub = "sub-" + str(subject).removeprefix("sub-")

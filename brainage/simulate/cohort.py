@@ -136,7 +136,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     import pandas as pd
 
     from ..io import atomic_write_json, atomic_write_tsv, save_nifti
-    from . import anatomy, bold
+    from . import aging, anatomy, bold, geometry
 
     out_dir = Path(out_dir)
     truth = out_dir / TRUTH_DIR
@@ -149,17 +149,17 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     # Individual anatomy (age-independent) and pose.
     sex_shift = params.head_scale_sex if row["sex"] == "M" else -params.head_scale_sex
     scale = float(1.0 + sex_shift + params.head_scale_sd * rng.standard_normal())
-    deformation = anatomy.draw_deformation(rng, params.deformation_sd_mm,
+    deformation = geometry.draw_deformation(rng, params.deformation_sd_mm,
                                            params.deformation_spacing_mm)
     t1_pose, t1_rot, t1_trans = _pose(rng, params)
     bold_pose, bold_rot, bold_trans = _pose(rng, params)
 
     # Structural image.
     displacement, modulation = deformation.dense(tpl.shape, tpl.affine)
-    tissues = anatomy.aged_tissues(tpl, row["structural_age"], params, modulation)
+    tissues = aging.aged_tissues(tpl, row["structural_age"], params, modulation)
     t1_shape, t1_affine = anatomy.make_grid(params.t1_fov, params.t1_voxel_size)
     gain = 1.0 + 0.12 * site
-    t1 = anatomy.synthesize_t1(
+    t1 = aging.synthesize_t1(
         tpl, tissues, shape=t1_shape, affine=t1_affine, pose=t1_pose, scale=scale,
         deformation=deformation, gm_contrast=params.site_value(params.site_gm_contrast, site),
         noise=params.site_value(params.t1_noise, site), gain=gain,
@@ -179,7 +179,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
                    _path(truth, label=label, suffix="probseg", **anat))
     save_nifti(_nifti((brain > 0.5).astype(np.uint8), ref_affine),
                _path(truth, desc="brain", suffix="mask", **anat))
-    vols = anatomy.native_volumes(tpl, tissues, scale, displacement)
+    vols = aging.native_volumes(tpl, tissues, scale, displacement)
     tiv = vols["gm"] + vols["wm"] + vols["csf"] + vols["rim_csf"]
     tissue_row = {"gm_ml": vols["gm"], "wm_ml": vols["wm"], "csf_ml": vols["csf"] + vols["rim_csf"],
                   "tiv_ml": tiv, "ventricles_ml": vols["ventricles"]}
@@ -227,7 +227,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     btpl = anatomy.load_templates(bold_res, params.atlas, params.regional_weights)
     ref_age = 0.5 * (params.age_min + params.age_max)
     b_displacement, b_modulation = deformation.dense(btpl.shape, btpl.affine)
-    btissues = anatomy.aged_tissues(btpl, ref_age, params, b_modulation)
+    btissues = aging.aged_tissues(btpl, ref_age, params, b_modulation)
     parcels, networks = bold.parcels_of(btpl)
     signals = bold.parcel_signals(rng, networks, row["functional_age"], params)
     motion = bold.draw_motion(rng, params.n_volumes, params)

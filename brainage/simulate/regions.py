@@ -5,7 +5,7 @@ one row per region of the simulator's atlas and one for the lateral
 ventricles, with the true rates of change of the generative model, for
 checking what an interpretation method says about regions. Every number comes
 from the functions that make the images (:func:`~.anatomy.regional_weight_of`,
-:func:`~.anatomy.aged_tissues`, :func:`~.bold.parcels_of`,
+:func:`~.aging.aged_tissues`, :func:`~.bold.parcels_of`,
 :func:`~.bold.couplings`), so the table cannot drift from the model.
 """
 
@@ -106,7 +106,8 @@ def regional_truth(params, tpl, btpl):
     """
     import pandas as pd
 
-    from .anatomy import aged_tissues, regional_weight_of
+    from .aging import aged_tissues
+    from .anatomy import regional_weight_of
     from .bold import couplings, network_coupling, parcels_of
 
     table = tpl.label_table
