@@ -71,13 +71,13 @@ def bench_motion(bold_path, truth_motion, subset: int):
     import ants
     import nibabel as nib
 
+    from brainage.antsutils import to_ants
     from brainage.func.motion import (
         affine_to_params,
         ants_to_ras,
         estimate_motion,
         framewise_displacement,
     )
-    from brainage.func.registration import to_ants
 
     img = nib.as_closest_canonical(nib.load(bold_path))
     data = np.asarray(img.dataobj, np.float32)
@@ -178,7 +178,7 @@ def _t1_to_mni_error(out, root, sub, template, brain):
     import nibabel as nib
 
     from brainage.anat.outputs import anat_outputs
-    from brainage.func.registration import to_ants
+    from brainage.antsutils import to_ants
     from brainage.simulate.bold import true_mni_to_native
     from brainage.simulate.geometry import read_true_geometry
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["ants_random_seed"]
+import numpy as np
+
+__all__ = ["ants_random_seed", "to_ants", "to_nibabel"]
 
 
 @contextlib.contextmanager
@@ -32,3 +34,26 @@ def ants_random_seed(seed: int | None) -> Iterator[None]:
         yield
     finally:
         ants.config._random_seed = previous
+
+
+def to_ants(img):
+    """Convert a 3D nibabel image to an ANTsImage (float32; units mm and s, as antspyx wants)."""
+    import ants
+    import nibabel as nib
+
+    out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    out.header.set_xyzt_units("mm", "sec")  # else antspyx prints two warnings per conversion
+    return ants.from_nibabel_nifti(out)
+
+
+def to_nibabel(image, dtype=np.float32):
+    """Convert an ANTsImage to a nibabel image of ``dtype``."""
+    import ants
+    import nibabel as nib
+
+    out = ants.to_nibabel_nifti(image)
+    data = np.asarray(out.dataobj).astype(dtype)
+    img = nib.Nifti1Image(data, out.affine)
+    img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    return img

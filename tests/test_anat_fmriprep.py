@@ -38,7 +38,7 @@ def _true_native_maps(root, sub):
 def _fmriprep_folder(root, subjects, dest):
     """Write fMRIPrep-named anatomical derivatives of ``subjects`` under ``dest``."""
     from brainage.anat.bias import n4
-    from brainage.anat.convert import to_ants, to_nibabel
+    from brainage.antsutils import to_ants, to_nibabel
 
     dest.mkdir(parents=True)
     (dest / "dataset_description.json").write_text(json.dumps({

@@ -14,21 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..antsutils import to_ants
 from ..exceptions import InputFileError
 
-__all__ = ["check_overlap", "mni_grid", "register_epi_to_t1", "resample_to_mni", "to_ants"]
+__all__ = ["check_overlap", "mni_grid", "register_epi_to_t1", "resample_to_mni"]
 
 logger = logging.getLogger(__name__)
-
-
-def to_ants(img):
-    """Convert a nibabel image to an ANTs image (units set to mm and s for antspyx)."""
-    import ants
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    return ants.from_nibabel_nifti(img)
 
 
 def mni_grid(resolution: float):
