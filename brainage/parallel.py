@@ -10,15 +10,21 @@ results) is unchanged.
 
 Local execution uses a :class:`concurrent.futures.ProcessPoolExecutor` with
 ``spawn`` workers; a worker that dies (out of memory, a crash in native code)
-costs a retry of the tasks it may have been running, not the run. With a
-scheduler address the same tasks go to a ``dask.distributed`` cluster, whose
-workers must have brainage installed; Dask retries tasks lost with a worker.
+costs a retry of the tasks it may have been running, not the run. Workers
+exit as soon as the process that started them dies, even killed with
+``SIGKILL`` (see :func:`_exit_with_parent`), so a killed run leaves nothing
+running behind it. With a scheduler address the same tasks go to a
+``dask.distributed`` cluster, whose workers must have brainage installed; Dask
+retries tasks lost with a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +157,50 @@ def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivative
     return tasks, skipped
 
 
+#: How often a local worker checks that the run that started it is still alive (seconds).
+PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(parent_pid: int, death_signal: bool) -> None:
+    """Make this worker process exit when the process ``parent_pid`` that started it dies.
+
+    The pool initializer of the local backend. A worker busy in a stage (or
+    idle, waiting for work) would otherwise keep running, parented to init,
+    after its run is killed with ``SIGKILL``, holding its memory and the
+    multiprocessing resource tracker (which exits by itself once no process
+    holds its pipe). On Linux, with ``death_signal``, the kernel sends the
+    worker ``SIGKILL`` when its parent thread ends (``PR_SET_PDEATHSIG``); only
+    asked for when the pool is started from the main thread, since the signal
+    follows the thread that spawned the worker. Everywhere, a daemon thread
+    also compares :func:`os.getppid` with ``parent_pid`` every
+    :data:`PARENT_POLL_SECONDS` and calls :func:`os._exit` once the parent is
+    gone, which works even while the main thread is inside native code.
+
+    Parameters
+    ----------
+    parent_pid : int
+        Process id of the run that started the pool.
+    death_signal : bool
+        Ask Linux for ``SIGKILL`` on the parent's death.
+    """
+    if death_signal and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc or no prctl: the polling thread remains
+            import ctypes
+            import signal
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the worker got here
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="brainage-parent-watch", daemon=True).start()
+
+
 class _LocalBackend:
     def __init__(self, nprocs: int):
         self.nprocs = nprocs
@@ -163,7 +213,9 @@ class _LocalBackend:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(
-                max_workers=self.nprocs, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.nprocs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
             )
         return self._pool
 
