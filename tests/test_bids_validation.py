@@ -27,7 +27,8 @@ def validator(monkeypatch):
     monkeypatch.delenv(VALIDATOR_ENV, raising=False)
     exe = find_bids_validator()
     if exe is None:
-        pytest.skip("bids-validator is not installed (make tools, or npm install -g bids-validator@1.15.0)")
+        pytest.fail("bids-validator is not installed: `make tools` (what `make test` runs) installs it, "
+                    "or npm install -g bids-validator@1.15.0")
     return exe
 
 

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil  # installed with dask.distributed, a dependency of brainage
 import pytest
 
 from brainage.stages import record_path
-
-psutil = pytest.importorskip("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 
