@@ -135,7 +135,6 @@ def run_demo(out_dir, *, n_subjects: int | None = None, seed: int = 0, nprocs: i
     atomic_write_json(deriv / "logs" / "demo_timings.json", {
         "n_subjects": n_subjects, "seed": seed, "nprocs": nprocs, "config": str(config_file),
         "seconds": {k: round(v, 1) for k, v in steps.items()},
-        "group_steps": getattr(locals().get("outputs"), "steps", None),
         "load_average_start": load_start, "load_average_end": _load(),
         "cpu_count": os.cpu_count(), "version": __version__,
     })
