@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import warnings
@@ -71,6 +72,9 @@ def get_console():
 
 
 # --------------------------------------------------------------------------- logging
+_WARNING_LOCATION = re.compile(r"^.*?:\d+: (?=\w+: )")
+
+
 class DedupeFilter(logging.Filter):
     """Let a warning through once; count the ones that follow.
 
@@ -126,6 +130,8 @@ class DedupeFilter(logging.Filter):
         for key, n in repeated:
             rec, text = first[key]
             text = text.splitlines()[0] if text else ""
+            if rec.name == "py.warnings":  # "path:line: Category: message": the path says little
+                text = _WARNING_LOCATION.sub("", text, count=1)
             if len(text) > 80:
                 text = text[:79] + "…"
             times = "time" if n == 1 else "times"
