@@ -138,6 +138,11 @@ def test_bundle_predicts_a_new_cohort(trained, tmp_path):
     assert len(pred) == 30 and set(pred["fold"]) == {"bundle"} and set(pred["model"]) == {"pidreg"}
     metrics = json.loads((deriv2 / "group" / "metrics.json").read_text())
     assert metrics["applied_bundle"]["model"] == "pidreg"
+    # the digest of the applied bundle is the one its training recorded
+    trained_digest = json.loads((deriv / "group" / "provenance.json").read_text())["bundle_digest"]
+    assert trained_digest.startswith("sha256:")
+    assert metrics["applied_bundle"]["digest"] == trained_digest
+    assert json.loads((deriv2 / "group" / "applied.json").read_text())["bundle_digest"] == trained_digest
     assert np.isfinite(metrics["models"]["pidreg"]["controls"]["uncorrected"]["mae"])
     # the reports of an applied bundle: one page per participant, said to come from a bundle
     report = (deriv2 / "reports" / "cohort.html").read_text()

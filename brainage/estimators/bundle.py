@@ -20,10 +20,21 @@ specification in the two extra files (:func:`read_bundle_extra`).
 
 Loading parses JSON and safetensors only, so it never executes code from the
 bundle. It refuses a bundle whose major format version differs from
-:data:`FORMAT_VERSION`, an estimator class it does not know, and any file whose
-checksum does not match the config (tampered or truncated files). A bundle is
-written to a temporary folder beside ``path`` and then renamed into place, so
-an interrupted save never leaves a half-written bundle.
+:data:`FORMAT_VERSION`, an estimator class it does not know, any file whose
+checksum does not match the config, architecture sizes beyond
+:data:`MAX_LAYERS` and :data:`MAX_WIDTH`, and weights whose names or shapes
+differ from the architecture's, checked on PyTorch's ``meta`` device before
+the network is built, so a crafted config cannot make the loader allocate
+more than the weights file holds. A bundle is written to a temporary folder
+beside ``path`` and then renamed into place, so an interrupted save never
+leaves a half-written bundle.
+
+What the checksums protect against: corruption (a truncated copy, a changed
+file, an extra file added later). They are not a signature: whoever can change
+``model.safetensors`` can change the checksum in ``config.json`` too. To know
+that a bundle is the one its author trained, compare :func:`bundle_digest`
+(one SHA-256 over every file of the bundle, recorded in the training's and each
+application's provenance) with the value the author published.
 
 Version history: 1.0, PIDRegressor only; 1.1 adds BaselineRegressor,
 ClassicalRegressor, the ``extra_files`` checksums in config.json and the
@@ -50,6 +61,9 @@ from brainage.provenance import sha256_file
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_LAYERS",
+    "MAX_WIDTH",
+    "bundle_digest",
     "load_bundle",
     "read_bundle_extra",
     "read_bundle_metadata",
@@ -303,6 +317,39 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def bundle_digest(path) -> str:
+    """Return one SHA-256 over the bundle's files, to compare with the one its author published.
+
+    The digest hashes each file's name and SHA-256, in name order, so it changes
+    when any file of the bundle changes, is added or is removed.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Bundle folder.
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and 64 hexadecimal digits.
+
+    Raises
+    ------
+    ModelBundleError
+        If ``path`` is not a folder holding a bundle's config.json.
+    """
+    import hashlib
+
+    path = Path(path)
+    if not (path / _CONFIG).is_file():
+        raise ModelBundleError(path / _CONFIG, "is missing",
+                               "pass the bundle folder that save_bundle() wrote")
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
 def read_bundle_metadata(path) -> dict:
     """Return ``{"config": …, "metadata": …}`` of a bundle without loading weights."""
     path = Path(path)
@@ -465,6 +512,75 @@ def load_bundle(path):
         ) from err
 
 
+#: Bounds on what a bundle's config.json may ask the loader to build. They are far above
+#: any network brainage trains (a few layers of at most a few hundred units or channels)
+#: and keep a crafted config from making the loader loop or allocate without end.
+MAX_LAYERS = 64
+MAX_WIDTH = 1 << 16
+
+
+def _check_architecture_bounds(cfg_path: Path, config, encoder_specs: dict) -> None:
+    """Refuse architecture numbers outside :data:`MAX_LAYERS` and :data:`MAX_WIDTH`."""
+
+    def sizes(value):
+        if isinstance(value, bool) or value is None:
+            return []
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_LAYERS:
+                raise ModelBundleError(
+                    cfg_path, f"asks for {len(value)} layers (at most {MAX_LAYERS} are loaded)",
+                    _REEXPORT,
+                )
+            return [v for item in value for v in sizes(item)]
+        return []
+
+    numbers = [*sizes(config.latent_dim), *sizes(list(config.hidden))]
+    for spec in encoder_specs.values():
+        numbers += [v for key, item in spec.items() if key != "kind" for v in sizes(item)]
+    bad = [v for v in numbers if not 0 <= v <= MAX_WIDTH]
+    if bad:
+        raise ModelBundleError(
+            cfg_path, f"asks for a layer size of {bad[0]} (sizes from 0 to {MAX_WIDTH} are loaded)",
+            _REEXPORT,
+        )
+
+
+def _check_state_shapes(skeleton, state: dict, weights: Path) -> None:
+    """Compare the stored tensors with the architecture's, before anything is built for real.
+
+    The skeleton lives on PyTorch's ``meta`` device (shapes, no memory). Once every
+    stored tensor matches a parameter or buffer of the architecture and none is
+    missing, building the network allocates what the weights file holds, plus the
+    few non-persistent buffers, which are bounded here too.
+    """
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) the architecture lacks (first: {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} tensor(s) of the wrong shape (first: {k} is "
+                        f"{list(state[k].shape)}, the architecture needs {list(expected[k])})")
+    if problems:
+        raise ModelBundleError(
+            weights, f"does not fit the architecture in config.json: {'; '.join(problems)}", _REEXPORT,
+        )
+    stored = sum(v.numel() for v in state.values())
+    extra = sum(b.numel() for name, b in skeleton.named_buffers() if name not in expected)
+    if extra > max(stored, 1 << 20):
+        raise ModelBundleError(
+            weights, f"comes with an architecture that needs {extra} values beyond the stored "
+            f"weights ({stored})", _REEXPORT,
+        )
+
+
 def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, weights: Path):
     from brainage.models.presets import PIDRegConfig
 
@@ -475,10 +591,16 @@ def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, w
         est.encoder_specs_ = {m: dict(cfg["encoder_specs"][m]) for m in est.modalities_}
         est.input_shapes_ = {m: list(cfg["input_shapes"][m]) for m in est.modalities_}
         est.y_mean_, est.y_scale_ = float(cfg["y_mean"]), float(cfg["y_scale"])
-        model = est._build_model(config, est.encoder_specs_)
-    except (KeyError, TypeError, ValueError) as err:
+        _check_architecture_bounds(cfg_path, config, est.encoder_specs_)
+        import torch
+
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            skeleton = est._build_model(config, est.encoder_specs_)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelBundleError(cfg_path, f"describes an invalid model ({err})", _REEXPORT) from err
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _check_state_shapes(skeleton, state, weights)
+    model = est._build_model(config, est.encoder_specs_)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -87,6 +87,7 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     """
     from ..cohort.data import load_cohort
     from ..config import GroupConfig
+    from ..estimators.bundle import bundle_digest
     from ..estimators.registry import predict_by_modality
     from ..stats.bias import AgeBiasCorrection
 
@@ -126,10 +127,12 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     (out / "provenance.json").unlink(missing_ok=True)  # these are no longer a training's outputs
     files = write_common(out, cohort, table_all, runs, name, {
         "applied_bundle": {"path": str(Path(bundle).resolve()), "model": name,
+                           "digest": bundle_digest(bundle),
                            "trained_on": extra.get("trained_on"),
                            "corrections": table["correction"].value_counts().to_dict()},
     })
-    files["applied"] = write_json({"bundle": str(Path(bundle).resolve()), "model": name,
+    files["applied"] = write_json({"bundle": str(Path(bundle).resolve()),
+                                   "bundle_digest": bundle_digest(bundle), "model": name,
                                    "n_predicted": len(keys),
                                    "mean_predicted_age": float(np.mean(pred)),
                                    "files": {k: str(v) for k, v in files.items()}}, out / "applied.json")

@@ -151,7 +151,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
         ComBat, no participant left after exclusions), with what to change.
     """
     from ..cohort.data import load_cohort
-    from ..estimators.bundle import save_bundle
+    from ..estimators.bundle import bundle_digest, save_bundle
     from ..provenance import software_versions
 
     start = time.perf_counter()
@@ -229,6 +229,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     files["model"] = save_bundle(est, out / "model", extra_json=extra, extra_arrays=tf_arrays or None)
     seconds = time.perf_counter() - start
     write_json({"fingerprint": fp, "files": {k: str(v) for k, v in files.items()}, "headline": headline,
+                "bundle_digest": bundle_digest(files["model"]),
                 "seconds": seconds, "versions": software_versions()}, out / "provenance.json")
     return GroupOutputs(directory=out, files=files, headline=headline, seconds=seconds)
 
