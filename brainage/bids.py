@@ -32,6 +32,7 @@ __all__ = [
     "BoldRun",
     "ParticipantInputs",
     "bold_repetition_time",
+    "check_bids_root",
     "derivative_path",
     "discover_inputs",
     "find_bids_validator",
@@ -74,8 +75,10 @@ def derivative_path(root: str | Path, **entities) -> Path:
     **entities
         ``subject``, ``datatype`` (anat, func, log, figures), ``suffix``,
         ``extension`` and any of ``session, task, run, from_ (or "from"), to,
-        mode, space, res, atlas, label, desc, meas``. Values must be
-        alphanumeric (BIDS labels).
+        mode, space, res, atlas, label, desc, meas``; or, for the group level's
+        files under ``OUTPUT_DIR/group/``, ``datatype="group"`` with ``suffix``,
+        ``extension`` and optionally ``task``, ``atlas``, ``desc`` (no subject).
+        Values must be alphanumeric (BIDS labels).
 
     Returns
     -------
@@ -108,7 +111,8 @@ def derivative_path(root: str | Path, **entities) -> Path:
     if built is None:
         raise ValueError(
             f"no brainage derivative pattern fits the entities {sorted(ents)}; a file needs at "
-            "least subject, datatype (anat|func|log|figures), suffix and extension"
+            "least subject, datatype (anat|func|log|figures), suffix and extension, or "
+            "datatype 'group', suffix and extension"
         )
     return Path(root) / built
 
@@ -241,7 +245,8 @@ def bold_repetition_time(run: BoldRun) -> tuple[float | None, str]:
     return None, ""
 
 
-def _check_bids_root(bids_dir: Path) -> None:
+def check_bids_root(bids_dir: Path) -> None:
+    """Refuse a BIDS_DIR that is missing, a file, or has no dataset_description.json (no pybids)."""
     if not bids_dir.exists():
         raise BIDSError(f"BIDS_DIR {bids_dir} does not exist; pass the root of a BIDS dataset")
     if not bids_dir.is_dir():
@@ -298,7 +303,7 @@ def discover_inputs(
     from bids import BIDSLayout, BIDSLayoutIndexer
 
     bids_dir = Path(bids_dir).resolve()
-    _check_bids_root(bids_dir)
+    check_bids_root(bids_dir)
     # sidecars are read by the stages (a broken one fails only its participant), not indexed here
     layout = BIDSLayout(
         str(bids_dir),

@@ -167,13 +167,19 @@ def run_participant_level(args) -> int:
     """Validate the inputs, then run the participant-level stages."""
     import time
 
-    from .bids import discover_inputs, validate_bids, validate_output_dir, write_dataset_description
+    from .bids import (
+        check_bids_root,
+        discover_inputs,
+        validate_bids,
+        validate_output_dir,
+        write_dataset_description,
+    )
     from .config import dump_config, load_config
     from .parallel import run_participants
     from .stages import resolve_stages
 
     bids_dir = args.bids_dir.resolve()
-    discover_check(bids_dir)
+    check_bids_root(bids_dir)
     output_dir = validate_output_dir(bids_dir, args.output_dir)
     config = load_config(args.config_file)
     modalities = args.modalities or [m for m in ("anat", "func") if getattr(config, m).enabled]
@@ -249,13 +255,6 @@ def check_band_pass(participants, low_pass: float) -> None:
                 )
 
 
-def discover_check(bids_dir: Path) -> None:
-    """Refuse a BIDS_DIR that is missing or has no dataset_description.json (cheap, before pybids)."""
-    from .bids import _check_bids_root
-
-    _check_bids_root(bids_dir)
-
-
 def _report(summary, output_dir: Path) -> None:
     done = len(summary.done) + len(summary.excluded)
     lines = [
@@ -272,11 +271,11 @@ def _report(summary, output_dir: Path) -> None:
 
 def run_group_level(args) -> int:
     """Group level: ``--train`` cross-validates and bundles, ``--model BUNDLE`` applies one."""
-    from .bids import validate_output_dir
+    from .bids import check_bids_root, validate_output_dir
     from .config import load_config
 
     bids_dir = args.bids_dir.resolve()
-    discover_check(bids_dir)
+    check_bids_root(bids_dir)
     output_dir = validate_output_dir(bids_dir, args.output_dir)
     config = load_config(args.config_file)
     from .levels import group_summary, run_group, run_reports

@@ -6,7 +6,7 @@ problem is reported with the key's dotted path, what is allowed and what was
 given, and a did-you-mean suggestion for misspelled keys::
 
     pipelines/my.yaml: anat.registration.stepz: unknown key; did you mean 'steps'?
-    (allowed keys: steps, metric_sampling, …)
+    (allowed keys: steps, template_resolution, syn_iterations, …)
 
 Types are strict: a quoted ``"2.0"`` is not a number and ``true`` is not an
 integer (an integer is a valid float). Iteration and shrink-factor lists,
