@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from brainage.estimators.baselines import BaselineRegressor
-from brainage.estimators.regressor import PIDRegressor, latent_gaussianity
+from brainage.estimators.regressor import PIDRegressor
 from brainage.exceptions import UsageError
 from brainage.simulate.tabular import make_pid_dataset
+from brainage.stats import latent_gaussianity
 
 SMALL = dict(latent_dim=4, hidden=(16,), max_epochs=8, batch_size=64)
 

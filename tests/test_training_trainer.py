@@ -39,13 +39,32 @@ def test_batch_indices_reproducible_sharded_and_complete():
 
 def test_pid_target_transforms():
     y = np.random.default_rng(0).exponential(size=500)
-    g = pid_target(y, "int")
+    g = pid_target(y, "inverse_normal")
     assert abs(np.mean(g)) < 0.01 and abs(np.std(g) - 1) < 0.05
     blend = pid_target(y, "blend")
     z = np.clip((y - y.mean()) / y.std(), -3, 3)
     np.testing.assert_allclose(blend, 0.6 * g + 0.4 * z)
-    with pytest.raises(ValueError, match="choose 'int' or 'blend'"):
+    with pytest.raises(ValueError, match="choose 'inverse_normal' or 'blend'"):
         pid_target(y, "rank")
+
+
+def test_target_transform_inverse_normal_and_its_former_name_int():
+    from brainage.models.presets import PIDRegConfig
+
+    y = np.random.default_rng(1).exponential(size=200)
+    assert get_preset("default").target_transform == "inverse_normal"
+    np.testing.assert_array_equal(pid_target(y), pid_target(y, "inverse_normal"))
+    # "int" (saved bundles and configs before the rename) still loads, as the new name
+    np.testing.assert_array_equal(pid_target(y, "int"), pid_target(y, "inverse_normal"))
+    saved = {**get_preset("default").to_dict(), "target_transform": "int"}
+    cfg = PIDRegConfig.from_dict(saved)
+    assert cfg.target_transform == "inverse_normal"
+    assert cfg == get_preset("default")
+    assert cfg.to_dict()["target_transform"] == "inverse_normal"
+    assert get_preset("faithful", target_transform="int").target_transform == "inverse_normal"
+    assert PIDRegConfig(target_transform="blend").target_transform == "blend"
+    with pytest.raises(ValueError, match="choose one of"):
+        get_preset("default", target_transform="rank")
 
 
 def _setup(n=300, d=3, **cfg):

@@ -28,7 +28,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["PRESETS", "PIDRegConfig", "get_preset"]
+__all__ = ["PRESETS", "TARGET_TRANSFORM_ALIASES", "PIDRegConfig", "get_preset"]
+
+#: Former names of ``target_transform`` values, still accepted (saved bundles and
+#: configs may hold them): ``"int"`` is the rank inverse normal transform.
+TARGET_TRANSFORM_ALIASES = {"int": "inverse_normal"}
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ class PIDRegConfig:
         Subtract the finite-sample bias of the log-det mutual informations.
     redundancy : {"coin", "proportional"}
         How the redundancy atom is shared between two modalities' weights.
-    target_transform : {"int", "blend"}
-        Gaussianisation of y for the PID.
+    target_transform : {"inverse_normal", "blend"}
+        Gaussianisation of y for the PID: the rank inverse normal transform, or
+        0.6 × it + 0.4 × the z-score clipped to ±3 (the reference code). The former
+        name ``"int"`` is accepted and stored as ``"inverse_normal"``.
     atom_window_epochs : int
         Epochs averaged to smooth the atoms before computing weights.
     freeze_tol, freeze_patience : float, int
@@ -113,7 +119,7 @@ class PIDRegConfig:
     pid_window: int = 4096
     pid_bias_correction: bool = True
     redundancy: str = "proportional"
-    target_transform: str = "int"
+    target_transform: str = "inverse_normal"
     atom_window_epochs: int = 5
     freeze_tol: float = 0.01
     freeze_patience: int = 5
@@ -121,10 +127,12 @@ class PIDRegConfig:
     name: str = field(default="default", compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "target_transform", TARGET_TRANSFORM_ALIASES.get(
+            self.target_transform, self.target_transform))
         choices = {
             "pid_scope": ("batch", "window"),
             "redundancy": ("coin", "proportional"),
-            "target_transform": ("int", "blend"),
+            "target_transform": ("inverse_normal", "blend"),
             "cs_reference": ("sample", "exact"),
         }
         for key, allowed in choices.items():

@@ -7,7 +7,9 @@
   age term (:class:`ComBat`);
 * :mod:`~brainage.stats.groups`: group comparisons of the gap, per site and
   pooled (:func:`cohens_d`, :func:`compare_groups`, :func:`per_site`);
-* :mod:`~brainage.stats.atoms`: PID atoms across folds (:func:`pid_summary`).
+* :mod:`~brainage.stats.atoms`: PID atoms across folds (:func:`pid_summary`);
+* :mod:`~brainage.stats.gaussianity`: how Gaussian a sample of latents is
+  (:func:`latent_gaussianity`), the assumption of the closed-form PID.
 
 Nothing here reads files, or imports torch or imaging libraries (an
 import-linter contract checks it). Names are exported lazily, so importing
@@ -26,6 +28,7 @@ __all__ = [
     "brain_age_metrics",
     "cohens_d",
     "compare_groups",
+    "latent_gaussianity",
     "per_site",
     "pid_summary",
 ]
@@ -37,6 +40,7 @@ _HOME = {
     "brain_age_metrics": "metrics",
     "cohens_d": "groups",
     "compare_groups": "groups",
+    "latent_gaussianity": "gaussianity",
     "per_site": "sites",
     "pid_summary": "atoms",
 }

@@ -29,15 +29,17 @@ from torch import nn
 
 from brainage.console import report_epoch
 from brainage.models.pidreg import PIDReg, fusion_weights_from_atoms, pair_key
-from brainage.models.presets import PIDRegConfig
+from brainage.models.presets import TARGET_TRANSFORM_ALIASES, PIDRegConfig
+from brainage.stats.atoms import PID_QUANTITIES
 from brainage.training.datasets import MultiModalData, batch_indices
 from brainage.training.distributed import all_reduce_mean, is_distributed, rank_and_world
 
-__all__ = ["ATOMS", "TrainResult", "pid_target", "regularization", "resolve_device", "train_model"]
+__all__ = ["TrainResult", "pid_target", "regularization", "resolve_device", "train_model"]
 
 logger = logging.getLogger(__name__)
 
-ATOMS = ("U1", "U2", "R", "S", "I1", "I2", "I12")
+#: The four atoms the freeze rule watches (``PID_QUANTITIES`` also has the three MIs).
+_FOUR_ATOMS = PID_QUANTITIES[:4]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -47,16 +49,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def pid_target(y: np.ndarray, kind: str = "int") -> np.ndarray:
+def pid_target(y: np.ndarray, kind: str = "inverse_normal") -> np.ndarray:
     """Gaussianise a target for the PID.
 
     Parameters
     ----------
     y : numpy.ndarray
         Training targets, shape (n,).
-    kind : {"int", "blend"}
-        ``"int"``: rank-based inverse normal transform. ``"blend"``: 0.6 × INT +
-        0.4 × z-score clipped to ±3, as the reference code does.
+    kind : {"inverse_normal", "blend"}
+        ``"inverse_normal"``: rank-based inverse normal transform (INT; ``"int"``,
+        its former name, is accepted as an alias). ``"blend"``: 0.6 × INT + 0.4 ×
+        z-score clipped to ±3, as the reference code does.
 
     Returns
     -------
@@ -65,13 +68,14 @@ def pid_target(y: np.ndarray, kind: str = "int") -> np.ndarray:
     """
     from brainage.pid import inverse_normal_transform
 
+    kind = TARGET_TRANSFORM_ALIASES.get(kind, kind)
     g = np.asarray(inverse_normal_transform(np.asarray(y, dtype=float))).reshape(-1)
-    if kind == "int":
+    if kind == "inverse_normal":
         return g
     if kind == "blend":
         z = (y - np.mean(y)) / max(np.std(y), 1e-12)
         return 0.6 * g + 0.4 * np.clip(z, -3.0, 3.0)
-    raise ValueError(f"Unknown target transform {kind!r}; choose 'int' or 'blend'.")
+    raise ValueError(f"Unknown target transform {kind!r}; choose 'inverse_normal' or 'blend'.")
 
 
 @dataclass
@@ -127,22 +131,22 @@ def _pid_atoms(y, zs: dict, pairs, *, bias_correction: bool) -> dict | None:
         except ValueError as err:  # e.g. a latent unit with zero variance in this sample
             logger.debug("PID skipped: %s", err)
             return None
-        out[pair_key((p, q))] = {k: float(res[k]) for k in ATOMS}
+        out[pair_key((p, q))] = {k: float(res[k]) for k in PID_QUANTITIES}
     return out
 
 
 def _mean_atoms(items: list[dict]) -> dict:
     keys = items[0].keys()
-    return {k: {a: float(np.mean([it[k][a] for it in items])) for a in ATOMS} for k in keys}
+    return {k: {a: float(np.mean([it[k][a] for it in items])) for a in PID_QUANTITIES} for k in keys}
 
 
 def _reduce_atoms(atoms: dict) -> dict:
     if not is_distributed():
         return atoms
     keys = sorted(atoms)
-    vec = torch.tensor([[atoms[k][a] for a in ATOMS] for k in keys], dtype=torch.float64)
+    vec = torch.tensor([[atoms[k][a] for a in PID_QUANTITIES] for k in keys], dtype=torch.float64)
     vec = all_reduce_mean(vec)
-    return {k: dict(zip(ATOMS, vec[i].tolist())) for i, k in enumerate(keys)}
+    return {k: dict(zip(PID_QUANTITIES, vec[i].tolist())) for i, k in enumerate(keys)}
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +247,275 @@ def _evaluate(model, data, idx, y_std, cfg, device, autocast) -> float:
     return float(all_reduce_mean(torch.tensor(mean, dtype=torch.float64)))
 
 
+def _make_optimizer(model: nn.Module, cfg: PIDRegConfig):
+    """Set up Adam and the plateau schedule; return ``(optimizer, scheduler, has_theta)``.
+
+    One Adam with two parameter groups (the bottleneck's θ_m have their own learning
+    rate): the same updates as two optimizers, with one step per batch. The plateau
+    schedule lowers only the network's rate: θ's floor is its own rate.
+    ``has_theta`` says whether the second group (θ) exists.
+    """
+    theta = [p for n, p in model.named_parameters() if n.startswith("theta.")]
+    others = [p for n, p in model.named_parameters() if not n.startswith("theta.")]
+    groups = [{"params": others, "lr": cfg.lr}]
+    min_lrs = [cfg.min_lr]
+    if theta:
+        groups.append({"params": theta, "lr": cfg.lambda_lr})
+        min_lrs.append(cfg.lambda_lr)
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+        min_lr=min_lrs,
+    )
+    return opt, sched, bool(theta)
+
+
+def _autocast_factory(device: torch.device):
+    """Return a no-argument callable giving the forward pass's autocast context.
+
+    bf16 autocast on CUDA; a disabled autocast (full precision) on CPU.
+    """
+    def autocast():
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    return autocast
+
+
+class _EpochAtoms:
+    """Collects what one stage-1 epoch needs for its PID atoms.
+
+    With ``pid_scope="batch"`` the atoms of every batch are estimated as the batch
+    comes (without bias correction) and averaged at the end; otherwise the batches'
+    latents and targets are kept and the atoms are estimated once on the latest
+    ``win_len`` of them (with ``cfg.pid_bias_correction``).
+    """
+
+    def __init__(self, modalities: list, pairs: list, cfg: PIDRegConfig, win_len: int):
+        self.modalities = modalities
+        self.pairs = pairs
+        self.cfg = cfg
+        self.win_len = win_len
+        self.batch_atoms: list[dict] = []
+        self.win_z: dict = {m: [] for m in modalities}
+        self.win_y: list = []
+
+    def add(self, z: dict, yg: torch.Tensor) -> None:
+        """Take one batch's latents ``z`` (by modality) and Gaussianised targets ``yg``."""
+        zd = {m: v.detach().float() for m, v in z.items()}
+        if self.cfg.pid_scope == "batch":
+            with torch.no_grad():
+                ba = _pid_atoms(yg, zd, self.pairs, bias_correction=False)
+            if ba is not None:
+                self.batch_atoms.append(ba)
+        else:
+            for m in self.modalities:
+                self.win_z[m].append(zd[m])
+            self.win_y.append(yg)
+
+    def atoms(self) -> dict | None:
+        """Return the epoch's atoms per pair, or None when none could be estimated."""
+        if self.cfg.pid_scope == "batch":
+            return _mean_atoms(self.batch_atoms) if self.batch_atoms else None
+        zs = {m: torch.cat(self.win_z[m])[-self.win_len:] for m in self.modalities}
+        ys = torch.cat(self.win_y)[-self.win_len:]
+        with torch.no_grad():
+            return _pid_atoms(ys, zs, self.pairs, bias_correction=self.cfg.pid_bias_correction)
+
+
+class _TrainingRun:
+    """The objects and the state of one :func:`train_model` call, and its steps.
+
+    The set-up (seeding, device placement, distributed wrapper, optimizer) happens in
+    the constructor, in the order that fixes the random draws: ``torch.manual_seed``,
+    the numpy generator of the coin flips, then the Gaussianity loss's generator.
+    """
+
+    def __init__(self, model, data, y_std, train_idx, val_idx, cfg, *, y_pid, seed, device,
+                 use_regularizers, frozen_weights):
+        self.device = resolve_device(device)
+        self.rank, self.world = rank_and_world()
+        self.is_pid = isinstance(model, PIDReg)
+        if self.is_pid and y_pid is None:
+            raise ValueError("train_model needs y_pid (the Gaussianised target) to train PIDReg.")
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        model.to(self.device)
+        self.model = model
+        self.net = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.opt, self.sched, self.has_theta = _make_optimizer(model, cfg)
+        self.reg_every = int(cfg.regularizer_interval)
+        self.step = 0
+        self.autocast = _autocast_factory(self.device)
+        self.g_cs = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.data, self.y_std, self.y_pid, self.cfg, self.seed = data, y_std, y_pid, cfg, seed
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.use_regularizers = use_regularizers
+        self.modalities = list(getattr(model, "modalities", data.modalities))
+        self.pairs = list(getattr(model, "pairs", []))
+        self.result = TrainResult()
+        self.stage = 1 if self.is_pid and not frozen_weights else 2
+        self.atom_hist: deque = deque(maxlen=cfg.atom_window_epochs)
+        self.prev_windowed = None
+        self.stable = 0
+        self.best = (math.inf, -1, None)
+        self.since_best = 0
+        self.win_len = min(cfg.pid_window, max(len(train_idx), 1))
+
+    def train_epoch(self, epoch: int) -> tuple[dict, _EpochAtoms | None]:
+        """Run one epoch of optimizer steps over the shuffled training batches.
+
+        Returns the epoch's history entry (``epoch``, ``stage``, ``train_loss``) and,
+        in stage 1 of PIDReg, what was collected for the epoch's PID atoms (else None).
+        """
+        self.net.train()
+        batches = batch_indices(
+            self.train_idx, self.cfg.batch_size, shuffle=True, seed=self.seed, epoch=epoch,
+            rank=self.rank, world_size=self.world,
+        )
+        collected = (_EpochAtoms(self.modalities, self.pairs, self.cfg, self.win_len)
+                     if self.is_pid and self.stage == 1 else None)
+        losses = [self._train_batch(b, epoch, collected) for b in batches]
+        if self.world > 1:
+            # Batch-norm statistics and the latent means were updated from each rank's
+            # own shard: take rank 0's so every rank holds the same model.
+            with torch.no_grad():
+                for buf in self.model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
+        entry = {
+            "epoch": epoch,
+            "stage": self.stage,
+            "train_loss": float(all_reduce_mean(torch.tensor(float(np.mean(losses)),
+                                                             dtype=torch.float64))),
+        }
+        return entry, collected
+
+    def _train_batch(self, b: np.ndarray, epoch: int, collected: _EpochAtoms | None) -> float:
+        """One optimizer step on batch ``b``; return its loss.
+
+        The loss is the MSE of the standardised target plus, on every
+        ``regularizer_interval``-th batch of a PIDReg run, ``regularizer_interval`` ×
+        :func:`regularization` (lazy regularization). In stage 1 the batch's latents
+        go to ``collected`` for the PID.
+        """
+        device, y_pid = self.device, self.y_pid
+        xb = {m: t.to(device, non_blocking=True) for m, t in self.data.batch(b).items()}
+        yb = torch.as_tensor(self.y_std[b], dtype=torch.float32, device=device)
+        with self.autocast():
+            out = self.net(xb)
+        pred = out["pred"].float()
+        loss = torch.mean((pred - yb) ** 2)
+        if self.is_pid and self.use_regularizers and self.step % self.reg_every == 0:
+            yg = (torch.as_tensor(y_pid[b], dtype=torch.float32, device=device)
+                  if self.stage == 1 else None)
+            loss = loss + self.reg_every * regularization(out, xb, yg, self.modalities, self.cfg,
+                                                          generator=self.g_cs)
+        self.step += 1
+        if collected is not None:
+            collected.add(out["z"], torch.as_tensor(y_pid[b], dtype=torch.float64, device=device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Training loss became {float(loss)} at epoch {epoch}; lower the learning "
+                "rate or check the inputs for extreme values."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return float(loss.detach())
+
+    def update_fusion_weights(self, epoch: int, collected: _EpochAtoms, entry: dict) -> None:
+        """Stage-1 step after an epoch: atoms, windowed atoms, fusion weights, freeze rule.
+
+        The epoch's atoms (averaged over ranks) join the window of the last
+        ``atom_window_epochs`` epochs, whose mean sets the fusion weights (coin flips
+        from the run's numpy generator). Adds ``atoms`` / ``atoms_windowed`` to
+        ``entry``. Nothing changes when the epoch gave no atoms (on any rank).
+        """
+        atoms = collected.atoms()
+        if self.world > 1:  # every rank must take part in the reduction, or none
+            ok = all_reduce_mean(torch.tensor(float(atoms is not None), dtype=torch.float64))
+            if float(ok) < 1.0:
+                atoms = None
+        if atoms is None:
+            return
+        atoms = _reduce_atoms(atoms)
+        self.atom_hist.append(atoms)
+        windowed = _mean_atoms(list(self.atom_hist))
+        weights = fusion_weights_from_atoms(
+            windowed, self.modalities, redundancy=self.cfg.redundancy, rng=self.rng
+        )
+        if self.world > 1:  # coin flips may differ between ranks: take rank 0's
+            vec = torch.tensor([weights[k] for k in weights], dtype=torch.float64)
+            torch.distributed.broadcast(vec, src=0)
+            weights = dict(zip(weights, vec.tolist()))
+        self.model.set_fusion_weights(weights)
+        entry.update(atoms=atoms, atoms_windowed=windowed)
+        self.result.atoms = windowed
+        self._apply_freeze_rule(epoch, windowed)
+        self.prev_windowed = windowed
+
+    def _apply_freeze_rule(self, epoch: int, windowed: dict) -> None:
+        """Enter stage 2 after ``freeze_patience`` epochs of windowed atoms within ``freeze_tol``.
+
+        Counted only once the window of epochs is full.
+        """
+        if self.prev_windowed is None or len(self.atom_hist) != self.atom_hist.maxlen:
+            return
+        delta = max(
+            abs(windowed[k][a] - self.prev_windowed[k][a])
+            for k in windowed for a in _FOUR_ATOMS
+        )
+        self.stable = self.stable + 1 if delta < self.cfg.freeze_tol else 0
+        if self.stable >= self.cfg.freeze_patience:
+            self.stage = 2
+            self.result.stage2_epoch = epoch + 1
+            logger.debug("PID weights frozen after epoch %d", epoch)
+
+    def validate(self, entry: dict) -> float:
+        """Return the validation loss and step the learning-rate schedule with it.
+
+        Without validation participants the training loss stands in. Adds ``val_loss``,
+        ``lr`` and, with a bottleneck, ``lambda_lr`` to ``entry``.
+        """
+        if len(self.val_idx):
+            val = _evaluate(self.net, self.data, self.val_idx, self.y_std, self.cfg, self.device,
+                            self.autocast)
+        else:
+            val = entry["train_loss"]
+        entry["val_loss"] = val
+        entry["lr"] = float(self.opt.param_groups[0]["lr"])
+        if self.has_theta:
+            entry["lambda_lr"] = float(self.opt.param_groups[1]["lr"])
+        self.sched.step(val)
+        return val
+
+    def should_stop(self, epoch: int, val: float) -> bool:
+        """Keep the best weights so far; True after ``early_stopping_patience`` epochs without gain."""
+        if val < self.best[0] - 1e-12:
+            self.best = (val, epoch, copy.deepcopy(self.model.state_dict()))
+            self.since_best = 0
+            return False
+        self.since_best += 1
+        if self.since_best >= self.cfg.early_stopping_patience:
+            logger.debug("early stopping after epoch %d (best %d)", epoch, self.best[1])
+            return True
+        return False
+
+    def finish(self) -> TrainResult:
+        """Restore the best weights, leave the model in eval mode, return the result."""
+        if self.best[2] is not None:
+            self.model.load_state_dict(self.best[2])
+        self.result.best_epoch = self.best[1]
+        self.model.eval()
+        return self.result
+
+
 def train_model(
     model: nn.Module,
     data: MultiModalData,
@@ -291,178 +564,23 @@ def train_model(
     TrainResult
         The model is trained in place and left in eval mode with its best weights.
     """
-    device = resolve_device(device)
-    rank, world = rank_and_world()
-    is_pid = isinstance(model, PIDReg)
-    if is_pid and y_pid is None:
-        raise ValueError("train_model needs y_pid (the Gaussianised target) to train PIDReg.")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model.to(device)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    theta = [p for n, p in model.named_parameters() if n.startswith("theta.")]
-    others = [p for n, p in model.named_parameters() if not n.startswith("theta.")]
-    # One Adam with two parameter groups (the bottleneck's θ_m have their own learning
-    # rate): the same updates as two optimizers, with one step per batch. The plateau
-    # schedule lowers only the network's rate: θ's floor is its own rate.
-    groups = [{"params": others, "lr": cfg.lr}]
-    min_lrs = [cfg.min_lr]
-    if theta:
-        groups.append({"params": theta, "lr": cfg.lambda_lr})
-        min_lrs.append(cfg.lambda_lr)
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-        min_lr=min_lrs,
-    )
-    reg_every = int(cfg.regularizer_interval)
-    step = 0
-
-    def autocast():
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
-
-    g_cs = torch.Generator(device=device).manual_seed(seed + 1)
-    modalities = list(getattr(model, "modalities", data.modalities))
-    pairs = list(getattr(model, "pairs", []))
-    result = TrainResult()
-    stage = 1 if is_pid and not frozen_weights else 2
-    atom_hist: deque = deque(maxlen=cfg.atom_window_epochs)
-    prev_windowed = None
-    stable = 0
-    best = (math.inf, -1, None)
-    since_best = 0
-    win_len = min(cfg.pid_window, max(len(train_idx), 1))
-
+    run = _TrainingRun(model, data, y_std, train_idx, val_idx, cfg, y_pid=y_pid, seed=seed,
+                       device=device, use_regularizers=use_regularizers,
+                       frozen_weights=frozen_weights)
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
-        net.train()
-        batches = batch_indices(
-            train_idx, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch,
-            rank=rank, world_size=world,
-        )
-        losses = []
-        batch_atoms = []
-        win_z = {m: [] for m in modalities}
-        win_y = []
-        for b in batches:
-            xb = {m: t.to(device, non_blocking=True) for m, t in data.batch(b).items()}
-            yb = torch.as_tensor(y_std[b], dtype=torch.float32, device=device)
-            with autocast():
-                out = net(xb)
-            pred = out["pred"].float()
-            loss = torch.mean((pred - yb) ** 2)
-            # Lazy regularization: every reg_every-th batch, weights scaled by reg_every.
-            if is_pid and use_regularizers and step % reg_every == 0:
-                yg = (torch.as_tensor(y_pid[b], dtype=torch.float32, device=device)
-                      if stage == 1 else None)
-                loss = loss + reg_every * regularization(out, xb, yg, modalities, cfg,
-                                                         generator=g_cs)
-            step += 1
-            if is_pid and stage == 1:
-                zd = {m: v.detach().float() for m, v in out["z"].items()}
-                yg = torch.as_tensor(y_pid[b], dtype=torch.float64, device=device)
-                if cfg.pid_scope == "batch":
-                    with torch.no_grad():
-                        ba = _pid_atoms(yg, zd, pairs, bias_correction=False)
-                    if ba is not None:
-                        batch_atoms.append(ba)
-                else:
-                    for m in modalities:
-                        win_z[m].append(zd[m])
-                    win_y.append(yg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Training loss became {float(loss)} at epoch {epoch}; lower the learning "
-                    "rate or check the inputs for extreme values."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-
-        if world > 1:
-            # Batch-norm statistics and the latent means were updated from each rank's
-            # own shard: take rank 0's so every rank holds the same model.
-            with torch.no_grad():
-                for buf in model.buffers():
-                    torch.distributed.broadcast(buf, src=0)
-        entry = {
-            "epoch": epoch,
-            "stage": stage,
-            "train_loss": float(all_reduce_mean(torch.tensor(float(np.mean(losses)),
-                                                             dtype=torch.float64))),
-        }
-        if is_pid and stage == 1:
-            if cfg.pid_scope == "batch":
-                atoms = _mean_atoms(batch_atoms) if batch_atoms else None
-            else:
-                zs = {m: torch.cat(win_z[m])[-win_len:] for m in modalities}
-                ys = torch.cat(win_y)[-win_len:]
-                with torch.no_grad():
-                    atoms = _pid_atoms(ys, zs, pairs, bias_correction=cfg.pid_bias_correction)
-            if world > 1:  # every rank must take part in the reduction, or none
-                ok = all_reduce_mean(torch.tensor(float(atoms is not None), dtype=torch.float64))
-                if float(ok) < 1.0:
-                    atoms = None
-            if atoms is not None:
-                atoms = _reduce_atoms(atoms)
-                atom_hist.append(atoms)
-                windowed = _mean_atoms(list(atom_hist))
-                weights = fusion_weights_from_atoms(
-                    windowed, modalities, redundancy=cfg.redundancy, rng=rng
-                )
-                if world > 1:  # coin flips may differ between ranks: take rank 0's
-                    vec = torch.tensor([weights[k] for k in weights], dtype=torch.float64)
-                    torch.distributed.broadcast(vec, src=0)
-                    weights = dict(zip(weights, vec.tolist()))
-                model.set_fusion_weights(weights)
-                entry.update(atoms=atoms, atoms_windowed=windowed)
-                result.atoms = windowed
-                if prev_windowed is not None and len(atom_hist) == atom_hist.maxlen:
-                    delta = max(
-                        abs(windowed[k][a] - prev_windowed[k][a])
-                        for k in windowed for a in ("U1", "U2", "R", "S")
-                    )
-                    stable = stable + 1 if delta < cfg.freeze_tol else 0
-                    if stable >= cfg.freeze_patience:
-                        stage = 2
-                        result.stage2_epoch = epoch + 1
-                        logger.debug("PID weights frozen after epoch %d", epoch)
-                prev_windowed = windowed
-        if is_pid:
+        entry, collected = run.train_epoch(epoch)
+        if collected is not None:
+            run.update_fusion_weights(epoch, collected, entry)
+        if run.is_pid:
             entry["weights"] = model.fusion_weights_dict()
             entry["lambdas"] = model.bottleneck_lambdas()
-        if len(val_idx):
-            val = _evaluate(net, data, val_idx, y_std, cfg, device, autocast)
-        else:
-            val = entry["train_loss"]
-        entry["val_loss"] = val
-        entry["lr"] = float(opt.param_groups[0]["lr"])
-        if theta:
-            entry["lambda_lr"] = float(opt.param_groups[1]["lr"])
-        sched.step(val)
+        val = run.validate(entry)
         entry["seconds"] = time.perf_counter() - t0
-        result.history.append(entry)
+        run.result.history.append(entry)
         logger.debug("epoch %d: %s", epoch, {k: entry[k] for k in ("train_loss", "val_loss")})
-        if rank == 0:
+        if run.rank == 0:
             report_epoch(epoch + 1, cfg.max_epochs)  # on the progress bar, if one is drawn
-        if val < best[0] - 1e-12:
-            best = (val, epoch, copy.deepcopy(model.state_dict()))
-            since_best = 0
-        else:
-            since_best += 1
-            if since_best >= cfg.early_stopping_patience:
-                logger.debug("early stopping after epoch %d (best %d)", epoch, best[1])
-                break
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    result.best_epoch = best[1]
-    model.eval()
-    return result
+        if run.should_stop(epoch, val):
+            break
+    return run.finish()
