@@ -52,3 +52,13 @@ def test_pid_report_carries_the_held_out_estimate():
     report = pid_report(run, parts)
     assert report["available"] and report["held_out"]["n"] == 200
     assert "out-of-sample estimate to quote" in report["note"]
+
+
+def test_pid_report_says_why_a_pidreg_has_no_atoms():
+    run, parts, _ = _run(50, seed=3)
+    reason = "too few samples for a Gaussian PID: n=27, but the joint has 33 dimensions"
+    run.folds = [{"fold": 0, "pid_unavailable": {"anat|func": reason}}]
+    report = pid_report(run, parts)
+    assert not report["available"]
+    assert report["unavailable"] == [{"fold": 0, "pair": "anat|func", "reason": reason}]
+    assert reason in report["note"] and "only PIDReg" not in report["note"]

@@ -210,3 +210,17 @@ def test_callers_validation_split_is_used(data):
 def test_validation_idx_errors(data, idx, match):
     with pytest.raises(UsageError, match=match):
         PIDRegressor(**SMALL).fit(data.X, data.y, validation_idx=idx)
+
+
+def test_pid_that_cannot_be_estimated_is_an_explicit_state(tmp_path):
+    # 27 training participants for two 16-dimensional latents: the Gaussian PID needs more
+    # participants than latent dimensions, so the pair has no atoms, and the estimator says why
+    d = make_pid_dataset("redundancy", 30, n_features=6, seed=0)
+    reg = PIDRegressor(latent_dim=16, hidden=(8,), max_epochs=2, batch_size=16, random_state=0).fit(d.X, d.y)
+    assert reg.pid_ == {}
+    assert list(reg.pid_unavailable_) == ["m1|m2"] and "sample" in reg.pid_unavailable_["m1|m2"]
+    reg.save(tmp_path / "model")
+    assert PIDRegressor.load(tmp_path / "model").pid_unavailable_ == reg.pid_unavailable_
+    big = make_pid_dataset("redundancy", 300, n_features=6, seed=0)
+    fitted = PIDRegressor(**SMALL, random_state=0).fit(big.X, big.y)
+    assert fitted.pid_unavailable_ == {} and set(fitted.pid_) == {"m1|m2"}

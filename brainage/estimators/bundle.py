@@ -138,6 +138,7 @@ def _neural_payload(estimator) -> tuple[dict, dict, dict]:
     if type(estimator).__name__ == "PIDRegressor":
         meta["pid"] = {
             "atoms": estimator.pid_,
+            "unavailable": getattr(estimator, "pid_unavailable_", {}),
             "weights_atoms": estimator.pid_weights_atoms_,
             "fusion_weights": estimator.fusion_weights_,
             "bottleneck_lambdas": estimator.bottleneck_lambdas_,
@@ -621,6 +622,7 @@ def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, w
     est.device_ = "cpu"
     if cfg["estimator"] == "PIDRegressor":
         est.pid_ = pid.get("atoms", {})
+        est.pid_unavailable_ = pid.get("unavailable", {})
         est.pid_weights_atoms_ = pid.get("weights_atoms", {})
         est.fusion_weights_ = model.fusion_weights_dict()
         est.bottleneck_lambdas_ = model.bottleneck_lambdas()

@@ -59,8 +59,15 @@ class PIDRegressor(BundleIO, RegressorMixin, BaseEstimator):
         PID atoms in bits (``U1, U2, R, S, I1, I2, I12``) of the fitted model: the
         bias-corrected Gaussian PID of the Gaussianised training target and the
         noise-free latents of the training participants, keyed by modality pair
-        ``"a|b"`` (U1/I1 refer to ``a``). In-sample; use :meth:`pid_score` on
-        held-out data for an out-of-sample estimate with confidence intervals.
+        ``"a|b"`` (U1/I1 refer to ``a``), as plain dicts (``PIDResult.as_dict()``, so
+        that they go into the bundle's JSON as they are). In-sample; use
+        :meth:`pid_score` on held-out data for an out-of-sample estimate with
+        confidence intervals (``PIDResult`` objects). A pair is absent when its PID
+        cannot be estimated; :attr:`pid_unavailable_` says why.
+    pid_unavailable_ : dict
+        ``{"a|b": reason}`` for each pair missing from :attr:`pid_` (too few
+        training participants for the latent size: the Gaussian PID needs more
+        participants than latent dimensions); empty when every pair has its atoms.
     pid_weights_atoms_ : dict
         The windowed stage-1 atoms that set the final fusion weights (same keys).
     pid_history_ : list of dict
@@ -322,11 +329,13 @@ class PIDRegressor(BundleIO, RegressorMixin, BaseEstimator):
 
         lat = self._latents(data, idx)
         out = {}
+        self.pid_unavailable_ = {}
         for p, q in self.model_.pairs:
             try:
                 res = gaussian_pid(y_pid, lat[p], lat[q], bias_correction=True)
                 out[pair_key((p, q))] = res.as_dict()
             except ValueError as err:  # too few participants for the latent size
+                self.pid_unavailable_[pair_key((p, q))] = str(err)
                 logger.warning("No PID of the fitted latents for %s and %s: %s", p, q, err)
         return out
 

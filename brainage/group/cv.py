@@ -175,6 +175,8 @@ def _pid_info(est, X_test, y_test) -> dict:
     info = {}
     if getattr(est, "pid_", None):
         info["pid"] = est.pid_
+    if getattr(est, "pid_unavailable_", None):
+        info["pid_unavailable"] = est.pid_unavailable_
     if getattr(est, "fusion_weights_", None):
         info["fusion_weights"] = est.fusion_weights_
     if info and len(y_test) >= 10 and hasattr(est, "pid_score"):

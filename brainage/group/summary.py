@@ -225,7 +225,13 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
             continue
         for pair, atoms in info["pid"].items():
             per_fold.append({"fold": info["fold"], "pair": pair, **atoms})
+    unavailable = [{"fold": i["fold"], "pair": pair, "reason": reason}
+                   for i in run.folds for pair, reason in i.get("pid_unavailable", {}).items()]
     if not per_fold:
+        if unavailable:
+            return {"model": run.name, "available": False, "unavailable": unavailable,
+                    "note": f"{run.name}'s PID atoms could not be estimated in any fold: "
+                            f"{unavailable[0]['reason']}"}
         return {"model": run.name, "available": False,
                 "note": f"{run.name} has no PID atoms (only PIDReg models do)"}
     frame = pd.DataFrame(per_fold)
@@ -237,6 +243,7 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
         "units": "bits",
         "held_out": held_out_pid(run, participants) if participants is not None else None,
         "per_fold": per_fold,
+        "unavailable": unavailable,
         "summary": summary,
         "fusion_weights": [{"fold": i["fold"], **i.get("fusion_weights", {})} for i in run.folds],
         "held_out_pid_score": [{"fold": i["fold"], "score": _pid_scores(i.get("pid_score"))}
