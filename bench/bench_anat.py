@@ -252,8 +252,8 @@ def main() -> None:
     import pandas as pd
 
     from bench._common import write_result
-    from brainage.anat.template import template
     from brainage.simulate import simulate_cohort
+    from brainage.templates import template
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_anat_"))
     figures: dict = {"note": "wall times on a 2-core machine shared with other work: inflated",

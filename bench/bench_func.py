@@ -177,8 +177,8 @@ def _t1_to_mni_error(out, root, sub, template, brain):
     import ants
     import nibabel as nib
 
-    from brainage.anat.outputs import anat_outputs
     from brainage.antsutils import to_ants
+    from brainage.outputs import anat_outputs
     from brainage.simulate.bold import true_mni_to_native
     from brainage.simulate.geometry import read_true_geometry
 
@@ -212,8 +212,8 @@ def _dmn_true_geometry(root, out, sub, names, networks, resolution):
     from brainage.atlases import load_atlas
     from brainage.func.denoise import clean_signals
     from brainage.func.features import connectivity, parcel_signals
-    from brainage.func.registration import mni_grid
     from brainage.simulate.bold import true_bold_in_mni
+    from brainage.templates import mni_grid
 
     template, tmask = mni_grid(resolution)
     brain = np.asarray(tmask.dataobj) > 0
@@ -276,7 +276,7 @@ def bench_age_effect(n_subjects: int, out_dir: Path, nprocs: int = 2, n_volumes:
         networks = network_of(labels.reset_index())
         iu = np.triu_indices(len(true), 1)
         qc = json.loads((ours.parent / f"{sub}_task-rest_desc-qc_bold.json").read_text())
-        from brainage.func.registration import mni_grid
+        from brainage.templates import mni_grid
 
         template, tmask = mni_grid(4.0)
         err = _t1_to_mni_error(out_dir / "cohort_out", root, sub, template,

@@ -210,7 +210,7 @@ def mni4(n_explained: int) -> dict:
     import torch
 
     from brainage.estimators.baselines import BaselineRegressor
-    from brainage.func.registration import mni_grid
+    from brainage.templates import mni_grid
 
     template, _ = mni_grid(4.0)
     shape, affine = tuple(template.shape[:3]), template.affine

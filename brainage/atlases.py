@@ -40,27 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import BrainageError, UsageError
+from .exceptions import AtlasError, UnknownAtlasError
 from .resources import data_dir
 
-__all__ = ["Atlas", "AtlasError", "UnknownAtlasError", "list_atlases", "load_atlas", "region_table"]
+__all__ = ["Atlas", "list_atlases", "load_atlas", "region_table"]
 
 logger = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9]+$")
 REGION_COLUMNS = ("index", "name", "hemisphere", "lobe", "network")
 HEMISPHERES = ("left", "right", "midline")
-
-
-class AtlasError(BrainageError):
-    """An atlas registry entry or the file it points to is unusable."""
-
-
-class UnknownAtlasError(UsageError, KeyError):
-    """An atlas id that the registry does not have."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

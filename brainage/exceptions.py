@@ -17,6 +17,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PARTICIPANTS_FAILED",
     "EXIT_USAGE",
+    "AnatOutputsMissingError",
+    "AtlasError",
     "BIDSError",
     "BrainageError",
     "ConfigError",
@@ -29,6 +31,7 @@ __all__ = [
     "RankDeficientDesignError",
     "ReportFigureError",
     "StatsInputError",
+    "UnknownAtlasError",
     "UsageError",
     "exit_code",
 ]
@@ -74,6 +77,21 @@ class InputFileError(BrainageError):
 
 class ProcessingError(BrainageError):
     """A processing step failed for one participant (QC threshold, convergence …)."""
+
+
+class AnatOutputsMissingError(BrainageError):
+    """The structural stage's outputs for a participant are not there."""
+
+
+class AtlasError(BrainageError):
+    """An atlas registry entry or the file it points to is unusable."""
+
+
+class UnknownAtlasError(UsageError, KeyError):
+    """An atlas id that the registry does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class ModelBundleError(InputFileError):

@@ -55,33 +55,12 @@ class RunSummary:
 def _stage_inputs(spec: StageSpec, inputs, derivatives_dir=None) -> list:
     """List the files a stage reads for one participant (their checksums enter its fingerprint).
 
-    With fMRIPrep derivatives the structural stage reads fMRIPrep's T1w, brain
-    mask and tissue maps instead of the raw T1w, and the functional stage also
-    reads, per run, fMRIPrep's MNI-space BOLD, its brain mask and its confounds
-    file, so that a changed fMRIPrep output makes the stage run again. Missing
-    fMRIPrep files add nothing here; the stage itself reports what is missing.
+    Each stage names the function that lists them (:attr:`StageSpec.inputs`,
+    e.g. fMRIPrep's outputs too with ``--derivatives``, so that a changed
+    fMRIPrep output makes the stage run again); a stage that names none reads
+    all of the participant's raw input files.
     """
-    if spec.name == "anat":
-        if derivatives_dir is not None:
-            from .anat.stage import fmriprep_anat_files
-
-            found = fmriprep_anat_files(derivatives_dir, inputs.subject).values()
-            return [*inputs.t1w, *(p for p in found if p.is_file())]
-        return list(inputs.t1w)
-    if spec.name == "func":
-        files = [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]
-        if derivatives_dir is not None:
-            from .exceptions import InputFileError
-            from .func.fmriprep import find_fmriprep_run
-
-            for run in inputs.bold:
-                try:
-                    found = find_fmriprep_run(derivatives_dir, inputs.subject, run.entities)
-                except InputFileError:
-                    continue
-                files += [p for p in (found["bold"], found["mask"], found["confounds"]) if p]
-        return files
-    return inputs.files()
+    return spec.input_files(inputs, derivatives_dir)
 
 
 def plan_tasks(participants, stages, config, output_dir, work_dir, *, derivatives_dir=None,
@@ -347,96 +326,147 @@ def run_participants(
         logger.info("%s is up to date; skipped", key)
     if not tasks:
         return summary
-    retries = config.run.retries
-    backend = (
-        _DaskBackend(scheduler_address, retries)
-        if scheduler_address
-        else _LocalBackend(nprocs or config.run.nprocs)
-    )
-    pending = {t.key: t for t in tasks}
-    by_key = dict(pending)
-    attempts = dict.fromkeys(pending, 0)  # worker losses while the task ran alone
-    suspects: set[str] = set()  # lost with a worker while others ran: rerun each alone
-    finished: dict[str, str] = {}
-    running: dict = {}
-    progress = _Progress(len(tasks))
-    capacity = backend.capacity
+    backend = _make_backend(config, nprocs, scheduler_address)
+    scheduler = _Scheduler(tasks, backend, summary, config.run.retries)
+    _log_scratch_folder(output_dir, work_dir, scheduler_address)
+    try:
+        scheduler.run()
+    finally:
+        scheduler.close()
+        default_root = None if work_dir or scheduler_address else default_work_dir(output_dir)
+        _remove_empty_scratch(output_dir, default_root)
+    return summary
 
-    def ready(task):
-        # a requirement that is neither pending nor running is finished or was up to date
-        keys = [f"sub-{task.subject}:{req}" for req in task.stage.requirements(task.derivatives_dir)]
-        active = {entry[0] for entry in running.values()}
-        return not any(k in pending or k in active for k in keys)
 
-    def blocked(task):
-        return [
-            req for req in task.stage.requirements(task.derivatives_dir)
-            if finished.get(f"sub-{task.subject}:{req}") in ("failed", "excluded")
-        ]
+def _make_backend(config, nprocs: int | None, scheduler_address: str | None):
+    """Connect to the Dask scheduler at ``scheduler_address``, else prepare local workers."""
+    if scheduler_address:
+        return _DaskBackend(scheduler_address, config.run.retries)
+    return _LocalBackend(nprocs or config.run.nprocs)
 
-    def finish(result):
-        finished[f"sub-{result.subject}:{result.stage}"] = result.status
-        {"done": summary.done, "excluded": summary.excluded, "failed": summary.failed}[
-            result.status
-        ].append(result)
-        progress.update(result)
 
-    def submit(key):
-        # "alone" stays true only if nothing else ran beside the task
-        for entry in running.values():
-            entry[1] = False
-        running[backend.submit(pending.pop(key))] = [key, not running]
-
+def _log_scratch_folder(output_dir: Path, work_dir: Path | None,
+                        scheduler_address: str | None) -> None:
+    """Say where the tasks' scratch folders go (``-w``, each Dask worker's, or the default)."""
     if work_dir is not None:
         logger.info("scratch folder: %s", work_dir)
     elif scheduler_address:
         logger.info("scratch folder: the temporary folder of each Dask worker (-w to choose one)")
     else:
         logger.info("scratch folder: %s", default_work_dir(output_dir))
-    try:
-        while pending or running:
-            for key, task in list(pending.items()):
-                why = blocked(task)
-                if why:
-                    del pending[key]
-                    finish(TaskResult(task.subject, task.stage.name, "failed", 0.0,
-                                      f"not run because its {why[0]!r} stage did not complete"))
-            isolated = [k for k in pending if k in suspects and ready(pending[k])]
-            if isolated:
-                # a task that was running when a worker died is retried alone, so that
-                # the task that kills its worker is found and the others are not blamed
-                if not running:
-                    submit(isolated[0])
-            else:
-                for key in [k for k in pending if ready(pending[k])]:
-                    if len(running) >= capacity:
-                        break
-                    submit(key)
-            if not running:
-                continue
-            for future in backend.wait(list(running)):
-                key, alone = running.pop(future)
-                result, lost = backend.outcome(future)
-                if lost:
-                    task = by_key[key]
-                    attempts[key] += alone
-                    if not alone or attempts[key] <= retries:
-                        logger.warning("%s: worker lost; retrying", key)
-                        suspects.add(key)
-                        pending[key] = task
-                        continue
-                    result = TaskResult(
-                        task.subject, task.stage.name, "failed", 0.0,
-                        "the worker process died while running this task (out of memory, or a "
-                        "crash in native code); rerun with fewer --nprocs or more memory",
-                    )
-                finish(result)
-    finally:
-        progress.close()
-        backend.close()
-        default_root = None if work_dir or scheduler_address else default_work_dir(output_dir)
-        _remove_empty_scratch(output_dir, default_root)
-    return summary
+
+
+class _Scheduler:
+    """The task loop of a run: submits tasks whose requirements finished, collects results.
+
+    A task waits while a stage it requires is pending or running for its
+    participant, and fails without running once that stage failed or excluded
+    the participant. A task whose worker died is retried; one that was running
+    beside others when that happened is a suspect and is retried alone, so
+    that the task killing its worker is found and the others are not blamed.
+    Only losses while a task ran alone count against its ``retries``.
+    """
+
+    def __init__(self, tasks, backend, summary: RunSummary, retries: int):
+        self.backend = backend
+        self.capacity = backend.capacity
+        self.summary = summary
+        self.retries = retries
+        self.pending = {t.key: t for t in tasks}
+        self.by_key = dict(self.pending)
+        self.attempts = dict.fromkeys(self.pending, 0)  # worker losses while the task ran alone
+        self.suspects: set[str] = set()  # lost with a worker while others ran: rerun each alone
+        self.finished: dict[str, str] = {}
+        #: future -> [key, alone]; "alone" stays true only if nothing else ran beside the task
+        self.running: dict = {}
+        self.progress = _Progress(len(tasks))
+
+    def run(self) -> None:
+        """Submit and collect tasks until none is pending or running."""
+        while self.pending or self.running:
+            self._fail_blocked()
+            self._submit_next()
+            if self.running:
+                self._collect()
+
+    def close(self) -> None:
+        """Close the progress display and the backend."""
+        self.progress.close()
+        self.backend.close()
+
+    def _requirement_keys(self, task) -> list[str]:
+        return [f"sub-{task.subject}:{req}" for req in task.stage.requirements(task.derivatives_dir)]
+
+    def _ready(self, task) -> bool:
+        """Whether no requirement of ``task`` is pending or running (finished or up to date)."""
+        active = {entry[0] for entry in self.running.values()}
+        return not any(k in self.pending or k in active for k in self._requirement_keys(task))
+
+    def _blocked(self, task) -> list[str]:
+        """Return the requirements of ``task`` that failed or excluded its participant."""
+        return [
+            req for req in task.stage.requirements(task.derivatives_dir)
+            if self.finished.get(f"sub-{task.subject}:{req}") in ("failed", "excluded")
+        ]
+
+    def _finish(self, result: TaskResult) -> None:
+        """Record a task's result in the summary and the progress display."""
+        self.finished[f"sub-{result.subject}:{result.stage}"] = result.status
+        {"done": self.summary.done, "excluded": self.summary.excluded,
+         "failed": self.summary.failed}[result.status].append(result)
+        self.progress.update(result)
+
+    def _fail_blocked(self) -> None:
+        """Fail, without running them, the pending tasks whose requirement did not complete."""
+        for key, task in list(self.pending.items()):
+            why = self._blocked(task)
+            if why:
+                del self.pending[key]
+                self._finish(TaskResult(task.subject, task.stage.name, "failed", 0.0,
+                                        f"not run because its {why[0]!r} stage did not complete"))
+
+    def _submit(self, key: str) -> None:
+        for entry in self.running.values():
+            entry[1] = False
+        self.running[self.backend.submit(self.pending.pop(key))] = [key, not self.running]
+
+    def _submit_next(self) -> None:
+        """Submit a ready suspect alone once nothing runs, else ready tasks up to capacity."""
+        isolated = [k for k in self.pending if k in self.suspects and self._ready(self.pending[k])]
+        if isolated:
+            if not self.running:
+                self._submit(isolated[0])
+            return
+        for key in [k for k in self.pending if self._ready(self.pending[k])]:
+            if len(self.running) >= self.capacity:
+                break
+            self._submit(key)
+
+    def _collect(self) -> None:
+        """Wait for at least one running task to end and record it (or requeue it)."""
+        for future in self.backend.wait(list(self.running)):
+            key, alone = self.running.pop(future)
+            result, lost = self.backend.outcome(future)
+            if lost:
+                result = self._after_worker_loss(key, alone)
+                if result is None:
+                    continue
+            self._finish(result)
+
+    def _after_worker_loss(self, key: str, alone: bool) -> TaskResult | None:
+        """Requeue a task whose worker died; its failure once it died alone too often."""
+        task = self.by_key[key]
+        self.attempts[key] += alone
+        if not alone or self.attempts[key] <= self.retries:
+            logger.warning("%s: worker lost; retrying", key)
+            self.suspects.add(key)
+            self.pending[key] = task
+            return None
+        return TaskResult(
+            task.subject, task.stage.name, "failed", 0.0,
+            "the worker process died while running this task (out of memory, or a "
+            "crash in native code); rerun with fewer --nprocs or more memory",
+        )
 
 
 def _remove_empty_scratch(output_dir: Path, work_root: Path | None) -> None:

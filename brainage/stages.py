@@ -1,7 +1,9 @@
 """Participant-level stages: registry, stage context and worker-side execution.
 
-The registry names each stage's code; the context is what a stage function
-receives; :func:`execute_task` runs one participant × stage in a worker.
+The registry names each stage's code and the function listing the files it
+reads for a participant (:attr:`StageSpec.inputs`, for its fingerprint); the
+context is what a stage function receives; :func:`execute_task` runs one
+participant × stage in a worker.
 
 A stage is a function ``run(ctx: StageContext) -> dict``. It reads its inputs
 from ``ctx.inputs`` (and, for a downstream stage, the final outputs of the
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A participant-level stage: where its code lives and what it needs first."""
+    """A participant-level stage: where its code lives, what it reads and what it needs first."""
 
     name: str
     entry: str
@@ -63,6 +65,10 @@ class StageSpec:
     description: str = ""
     #: Requirements that preprocessed input given with ``--derivatives`` (fMRIPrep) replaces.
     replaced_by_derivatives: tuple[str, ...] = ()
+    #: ``"module:function"`` listing the files the stage reads for one participant,
+    #: ``(inputs: ParticipantInputs, derivatives_dir) -> list[Path]`` (their checksums enter
+    #: its fingerprint); empty: all of the participant's raw input files.
+    inputs: str = ""
 
     def requirements(self, derivatives_dir=None) -> tuple[str, ...]:
         """Stages that must have run first for a participant.
@@ -84,6 +90,17 @@ class StageSpec:
         """Import and return the stage function."""
         return getattr(importlib.import_module(self.module), self.entry.partition(":")[2])
 
+    def input_files(self, inputs: ParticipantInputs, derivatives_dir=None) -> list[Path]:
+        """List the files this stage reads for one participant.
+
+        Calls the function named by :attr:`inputs`; without one, every raw input
+        file of the participant (:meth:`ParticipantInputs.files`).
+        """
+        if not self.inputs:
+            return inputs.files()
+        module, _, name = self.inputs.partition(":")
+        return list(getattr(importlib.import_module(module), name)(inputs, derivatives_dir))
+
     def available(self) -> bool:
         """Whether this installation provides the stage's code."""
         try:
@@ -98,6 +115,7 @@ STAGES: dict[str, StageSpec] = {
         "anat",
         "brainage.anat.stage:run",
         description="structural: N4, registration to MNI, tissue maps, regional volumes",
+        inputs="brainage.anat.stage:input_files",
     ),
     "func": StageSpec(
         "func",
@@ -105,6 +123,7 @@ STAGES: dict[str, StageSpec] = {
         requires=("anat",),
         description="functional: motion correction, confounds, denoising, connectivity, maps",
         replaced_by_derivatives=("anat",),
+        inputs="brainage.func.stage:input_files",
     ),
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.anat.outputs import anat_outputs
+from brainage.outputs import anat_outputs
 
 TRUTH = "sourcedata/brainage-truth"
 SPACE = "MNI152NLin2009aSym"

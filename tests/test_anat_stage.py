@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 
 from brainage.anat.features import collect_structural_features, write_structural_features
-from brainage.anat.outputs import AnatOutputsMissingError, anat_outputs, res_label
 from brainage.anat.stage import regional_gm_volumes
 from brainage.atlases import load_atlas
+from brainage.exceptions import AnatOutputsMissingError
+from brainage.outputs import anat_outputs, res_label
 
 
 def _grid(res=4.0):
-    from brainage.anat.template import template
+    from brainage.templates import template
 
     return template(res)["t1"]
 

@@ -2,8 +2,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage.atlases import Atlas, AtlasError, UnknownAtlasError, list_atlases, load_atlas
-from brainage.exceptions import UsageError
+from brainage.atlases import Atlas, list_atlases, load_atlas
+from brainage.exceptions import AtlasError, UnknownAtlasError, UsageError
 
 
 def test_registry_lists_required_atlases():

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.anat.outputs import atlas_entities, output_entities
 from brainage.bids import TEMPLATE_SPACE, derivative_path
 from brainage.cohort.data import CohortData, load_cohort
 from brainage.cohort.readers import ANAT_MAP_FIELDS, TISSUE_COLUMNS
 from brainage.config import ANAT_MAPS, parse_config
 from brainage.exceptions import GroupLevelError
+from brainage.outputs import atlas_entities, output_entities
 from brainage.stages import record_path
 
 from .conftest import write_bids_dataset

@@ -29,9 +29,9 @@ STEM = "sub-01_task-rest_space-MNI152NLin2009cAsym"
 def simulated(tmp_path_factory):
     """One simulated participant (test preset, 4 mm BOLD, 60 volumes) and its fMRIPrep folder."""
     from brainage.func.motion import MOTION_COLUMNS
-    from brainage.func.registration import mni_grid
     from brainage.simulate import simulate_cohort
     from brainage.simulate.bold import true_bold_in_mni
+    from brainage.templates import mni_grid
 
     base = tmp_path_factory.mktemp("fmriprep_input")
     root = simulate_cohort(base / "ds", n_subjects=1, preset="test", seed=3, n_volumes=60,

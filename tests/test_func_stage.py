@@ -18,7 +18,7 @@ from brainage.stages import StageContext
 def _fmriprep_dataset(tmp_path, n_vol=100, spike=30):
     """Raw BOLD + fMRIPrep-style MNI BOLD and confounds; two regions share a signal."""
     from brainage.atlases import load_atlas
-    from brainage.func.registration import mni_grid
+    from brainage.templates import mni_grid
 
     rng = np.random.default_rng(3)
     template, mask = mni_grid(4.0)
@@ -165,7 +165,7 @@ def test_missing_fmriprep_outputs_is_a_clear_error(tmp_path):
 
 
 def test_missing_structural_outputs_is_a_clear_error(tmp_path):
-    from brainage.anat.outputs import AnatOutputsMissingError
+    from brainage.exceptions import AnatOutputsMissingError
     from brainage.func.stage import run
 
     _, bold_run, _ = _fmriprep_dataset(tmp_path)

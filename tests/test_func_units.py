@@ -424,7 +424,8 @@ def test_one_step_resampling_equals_ants_apply_transforms(tmp_path):
 
     from brainage.antsutils import to_ants
     from brainage.func.motion import ants_to_ras
-    from brainage.func.registration import mni_grid, resample_to_mni
+    from brainage.func.registration import resample_to_mni
+    from brainage.templates import mni_grid
 
     template, _ = mni_grid(6.0)
     rng = np.random.default_rng(5)

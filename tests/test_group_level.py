@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.anat.outputs import atlas_entities, output_entities
 from brainage.bids import derivative_path
 from brainage.cli import main
+from brainage.outputs import atlas_entities, output_entities
 
 from .conftest import write_bids_dataset
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.anat.outputs import output_entities
 from brainage.bids import TEMPLATE_SPACE, derivative_path
 from brainage.cli import main
+from brainage.outputs import output_entities
 
 from .test_group_level import write_cohort
 

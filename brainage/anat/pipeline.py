@@ -30,13 +30,13 @@ import numpy as np
 
 from ..antsutils import to_ants, to_nibabel
 from ..exceptions import ProcessingError
+from ..templates import template
 from .bias import n4
 from .convert import resampled
 from .jacobian import jacobian_determinant
 from .partial_volume import noise_sd, partial_volume, tissue_levels
 from .registration import Registration, register
 from .segmentation import extracerebral_csf, segment
-from .template import template
 
 __all__ = ["AnatResult", "process_t1w", "warp_to_template"]
 

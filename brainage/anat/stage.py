@@ -2,7 +2,7 @@
 
 Reads the participant's T1w (or fMRIPrep's preprocessed T1w and tissue maps with
 ``--derivatives``), runs :func:`brainage.anat.pipeline.process_t1w` and writes the
-outputs listed in :mod:`brainage.anat.outputs`. A registration whose similarity
+outputs listed in :mod:`brainage.outputs`. A registration whose similarity
 to the template falls below ``anat.registration.min_similarity`` fails the
 participant with a :class:`~brainage.exceptions.ProcessingError` (the QC record
 is kept in ``sub-XX/log/``), so a bad registration is never silently used.
@@ -17,9 +17,9 @@ import shutil
 import numpy as np
 
 from ..exceptions import InputFileError, ProcessingError
-from .outputs import atlas_entities, output_entities
+from ..outputs import atlas_entities, output_entities
 
-__all__ = ["regional_gm_volumes", "run", "tissue_volumes", "ventricle_region"]
+__all__ = ["input_files", "regional_gm_volumes", "run", "tissue_volumes", "ventricle_region"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,29 @@ def fmriprep_anat_files(derivatives_dir, subject: str) -> dict:
             for key, ents in _FMRIPREP_ANAT.items()}
 
 
+def input_files(inputs, derivatives_dir=None) -> list:
+    """List the files the structural stage reads for one participant (for its fingerprint).
+
+    The raw T1w images; with fMRIPrep derivatives also fMRIPrep's T1w, brain mask
+    and tissue maps, so that a changed fMRIPrep output makes the stage run again.
+    Missing fMRIPrep files add nothing here; the stage itself reports them.
+
+    Parameters
+    ----------
+    inputs : brainage.bids.ParticipantInputs
+    derivatives_dir : path-like, optional
+        fMRIPrep derivatives given with ``--derivatives``.
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
+    if derivatives_dir is None:
+        return list(inputs.t1w)
+    found = fmriprep_anat_files(derivatives_dir, inputs.subject).values()
+    return [*inputs.t1w, *(p for p in found if p.is_file())]
+
+
 def _fmriprep_inputs(ctx):
     """FMRIPrep's native preprocessed T1w, brain mask and tissue maps for this participant."""
     from ..imageio import load_checked
@@ -167,9 +190,9 @@ def run(ctx) -> dict:
     """
     from ..imageio import load_checked
     from ..io import atomic_write_json, atomic_write_tsv, save_nifti
+    from ..templates import template
     from .pipeline import process_t1w
     from .qc import qc_metrics, save_mosaic
-    from .template import template
 
     cfg = ctx.config.anat
     tissue = None

@@ -8,8 +8,8 @@ threshold, a corrupt file). A reader never raises for a participant's files:
 one broken participant never stops the cohort.
 
 Paths are built from BIDS entities with :func:`brainage.bids.derivative_path`
-and the stages' entity tables (:func:`brainage.anat.outputs.output_entities`,
-:func:`brainage.anat.outputs.atlas_entities`). Structural outputs are looked up
+and the stages' entity tables (:func:`brainage.outputs.output_entities`,
+:func:`brainage.outputs.atlas_entities`). Structural outputs are looked up
 in the session folder first, then in the participant folder (the structural
 stage processes one T1w per participant and writes no ``ses-`` entity).
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..anat.outputs import atlas_entities, output_entities, res_label
 from ..bids import TEMPLATE_SPACE, derivative_path
+from ..outputs import atlas_entities, output_entities, res_label
 
 __all__ = [
     "ANAT_MAP_FIELDS",
@@ -444,7 +444,7 @@ def read_connectivity(root, label: str, session: str | None, atlas: str, qc) -> 
 def read_maps(root, label: str, session: str | None, spec, qc) -> Read:
     """Paths of a participant's MNI-space maps at ``spec.resolution`` (checked to exist).
 
-    Structural maps come from :func:`~brainage.anat.outputs.output_entities`; functional
+    Structural maps come from :func:`~brainage.outputs.output_entities`; functional
     maps are ``desc-<name>_boldmap`` of the first resting-state run (in run order) that
     passes ``group.qc`` (maps are not averaged across runs).
     """

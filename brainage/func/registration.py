@@ -17,37 +17,9 @@ import numpy as np
 from ..antsutils import to_ants
 from ..exceptions import InputFileError
 
-__all__ = ["check_overlap", "mni_grid", "register_epi_to_t1", "resample_to_mni"]
+__all__ = ["check_overlap", "register_epi_to_t1", "resample_to_mni"]
 
 logger = logging.getLogger(__name__)
-
-
-def mni_grid(resolution: float):
-    """Load the MNI152NLin2009aSym template that nilearn ships onto a ``resolution`` mm grid.
-
-    Returns
-    -------
-    template : nibabel.Nifti1Image
-        Brain-extracted T1 template resampled to the grid.
-    mask : nibabel.Nifti1Image
-        Its brain mask on the same grid.
-    """
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
-    from nilearn.image import resample_img
-
-    t1 = load_mni152_template(resolution=1)
-    target = np.diag([resolution] * 3 + [1.0])
-    # the template's bounding box, snapped to the new grid
-    corner = t1.affine[:3, 3]
-    target[:3, 3] = corner
-    extent = np.array(t1.shape[:3]) * np.abs(np.diag(t1.affine)[:3])
-    shape = tuple(int(np.ceil(e / resolution)) for e in extent)
-    template = resample_img(t1, target_affine=target, target_shape=shape,
-                            interpolation="continuous", force_resample=True, copy_header=True)
-    mask = resample_img(load_mni152_brain_mask(resolution=1), target_affine=target,
-                        target_shape=shape, interpolation="nearest", force_resample=True,
-                        copy_header=True)
-    return template, mask
 
 
 def check_overlap(bold_img, brain_mask_img, bold_path, min_fraction: float = 0.5) -> float:

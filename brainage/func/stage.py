@@ -16,22 +16,50 @@ Outputs (per run; ``task``/``run``/``session`` entities of the raw run)::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..bids import TEMPLATE_SPACE
 from ..exceptions import InputFileError, ProcessingError
+from ..outputs import res_label
 
-__all__ = ["run"]
+__all__ = ["input_files", "run"]
 
 logger = logging.getLogger(__name__)
 
 
-def _res(resolution: float) -> str:
-    from ..anat.outputs import res_label
+def input_files(inputs, derivatives_dir=None) -> list:
+    """List the files the functional stage reads for one participant (for its fingerprint).
 
-    return res_label(resolution)
+    Each raw BOLD run and its sidecar; with fMRIPrep derivatives also, per run,
+    fMRIPrep's MNI-space BOLD, its brain mask and its confounds file, so that a
+    changed fMRIPrep output makes the stage run again. Missing fMRIPrep files add
+    nothing here; the stage itself reports them.
+
+    Parameters
+    ----------
+    inputs : brainage.bids.ParticipantInputs
+    derivatives_dir : path-like, optional
+        fMRIPrep derivatives given with ``--derivatives``.
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
+    from .fmriprep import find_fmriprep_run
+
+    files = [p for run in inputs.bold for p in (run.path, run.sidecar) if p is not None]
+    if derivatives_dir is None:
+        return files
+    for run in inputs.bold:
+        try:
+            found = find_fmriprep_run(derivatives_dir, inputs.subject, run.entities)
+        except InputFileError:
+            continue
+        files += [p for p in (found["bold"], found["mask"], found["confounds"]) if p]
+    return files
 
 
 def run(ctx) -> dict:
@@ -82,7 +110,7 @@ def _native_to_mni(ctx, bold_run, cfg, template, tmask):
     """Load, motion-correct, register and resample a raw run; returns the MNI data."""
     import nibabel as nib
 
-    from ..anat.outputs import anat_outputs
+    from ..outputs import anat_outputs
     from .load import load_bold
     from .motion import estimate_motion
     from .registration import check_overlap, register_epi_to_t1, resample_to_mni
@@ -181,117 +209,63 @@ def _fmriprep_to_mni(ctx, bold_run, ents, cfg, template, tmask):
 
 
 def _process_run(ctx, bold_run, ents) -> dict:
+    """Process one BOLD run and write its outputs (see the module docstring).
+
+    The steps: bring the run onto the MNI grid (:func:`_native_to_mni`, or
+    :func:`_fmriprep_to_mni` with ``--derivatives``); build and write its
+    confounds table (:func:`_confounds_table`); choose the confound regressors
+    that the clean volumes can afford (:func:`_cleaning_model`); QC metrics
+    (:func:`_qc_record`) and the carpet plot; then, unless too little clean data is left (the run is
+    excluded, with its reason), the brain mask, the parcel time series and
+    connectivity matrices of each atlas (:func:`_write_parcels`) and the voxel
+    maps (:func:`_voxel_maps`).
+
+    Parameters
+    ----------
+    ctx : brainage.stages.StageContext
+    bold_run : brainage.bids.BoldRun
+        The raw run.
+    ents : dict
+        Its ``session``, ``task``, ``run`` and ``acquisition`` entities.
+
+    Returns
+    -------
+    dict
+        ``qc`` (without its warnings); ``excluded`` and ``reason`` for an excluded run.
+
+    Raises
+    ------
+    InputFileError
+        The run, its sidecar or an fMRIPrep input cannot be used.
+    ProcessingError
+        Too few brain voxels of the MNI grid are covered by the run, or a step failed.
+    """
     import nibabel as nib
 
-    from ..atlases import load_atlas
     from ..io import atomic_write_json, atomic_write_tsv, save_nifti
-    from . import confounds as cf
-    from .denoise import clean_signals, clean_voxels, interpolate_censored
-    from .features import connectivity, fisher_z, parcel_signals
-    from .maps import DMN_SEED_MNI, alff_falff, reho, seed_map
-    from .motion import MOTION_COLUMNS, dvars, framewise_displacement
-    from .qc import carpet_plot, qc_metrics, tsnr
-    from .registration import mni_grid
+    from ..templates import mni_grid
 
     cfg = ctx.config.func
     template, tmask = mni_grid(cfg.output_resolution)
-    if ctx.derivatives_dir is not None:
-        prep = _fmriprep_to_mni(ctx, bold_run, ents, cfg, template, tmask)
-    else:
-        prep = _native_to_mni(ctx, bold_run, cfg, template, tmask)
+    prep = _to_mni(ctx, bold_run, ents, cfg, template, tmask)
     data, mask, tr = prep["data"], prep["mask"], prep["tr"]
     n_vol = data.shape[-1]
-    if mask.sum() < 100:
-        raise ProcessingError(
-            f"sub-{ctx.subject} {bold_run.path.name}: only {int(mask.sum())} brain voxels of "
-            "the MNI grid are covered by the BOLD data; check the registration and the "
-            "field of view"
-        )
     affine = template.affine
 
     with ctx.step("confounds"):
-        params = pd.DataFrame(prep["params"], columns=list(MOTION_COLUMNS))
-        table = cf.expand_24(params)
-        fd = prep["fd"] if prep["fd"] is not None else framewise_displacement(prep["params"])
-        table["framewise_displacement"] = fd
-        brain = data[mask].T  # (T, V)
-        table["dvars"] = dvars(brain)
-        table["std_dvars"] = dvars(brain, standardize=True)
-        ext = prep["external_confounds"]
-        tissue_masks = {}
-        if prep["tissues"] is not None:
-            for column, tissue in (("white_matter", "wm"), ("csf", "csf")):
-                prob = prep["tissues"][tissue] * mask
-                table[column] = cf.tissue_signal(data, prob)
-                tissue_masks[column] = "eroded" if cf.tissue_mask_eroded(prob) else (
-                    "uneroded: one erosion left fewer than 10 voxels, so the mean includes "
-                    "voxels that border grey matter")
-            if cfg.acompcor_components:
-                noise = ((prep["tissues"]["wm"] > 0.9) | (prep["tissues"]["csf"] > 0.9)) & mask
-                comps = cf.acompcor(data, noise, cfg.acompcor_components)
-                for j in range(comps.shape[1]):
-                    table[f"a_comp_cor_{j:02d}"] = comps[:, j]
-        else:
-            for col in ("white_matter", "csf", *[c for c in ext.columns
-                                                 if c.startswith("a_comp_cor_")]):
-                if col in ext.columns:
-                    table[col] = ext[col].fillna(0).to_numpy()
-        table["global_signal"] = brain.mean(axis=1)
-        scrub = cf.motion_outliers(fd, cfg.fd_threshold)
-        table["motion_outlier"] = scrub.astype(int)
-        if prep["dropped"]:
-            pad = pd.DataFrame(np.nan, index=range(prep["dropped"]), columns=table.columns)
-            pad["non_steady_state"] = 1
-            table = pd.concat([pad, table.assign(non_steady_state=0)], ignore_index=True)
+        table, fd, scrub, tissue_masks = _confounds_table(data, mask, prep, cfg)
         atomic_write_tsv(_out(ctx, ents, datatype="func", desc="confounds", suffix="timeseries",
                               extension=".tsv"), table.round(6))
-    kept = np.flatnonzero(~scrub)
-    band = {"high_pass": cfg.high_pass, "low_pass": min(cfg.low_pass, 0.95 * 0.5 / tr)}
-    budget = cfg.max_confound_fraction * cf.band_dof(len(kept), tr, **band)
-    body = table.iloc[prep["dropped"]:].reset_index(drop=True)
-    model_flags = []
-    for model in [m for m in (24, 12, 6) if m <= cfg.motion_regressors]:
-        regress = cf.regressors(body, global_signal=cfg.global_signal,
-                                n_acompcor=cfg.acompcor_components,
-                                tissue=not cfg.acompcor_components, motion_model=model)
-        if regress.shape[1] <= budget or model == 6:
-            break
-    if model != cfg.motion_regressors:
-        model_flags.append(
-            f"motion model reduced from {cfg.motion_regressors} to {model} parameters: "
-            f"{len(kept)} clean volumes leave {budget / cfg.max_confound_fraction:.0f} degrees "
-            "of freedom in the band"
-        )
-        logger.warning("sub-%s: %s", ctx.subject, model_flags[-1])
-    qc_extra = dict(prep["extra_qc"])
-    qc_extra.update(n_volumes=int(prep["n_total"]), dropped_non_steady=int(prep["dropped"]),
-                    n_kept=len(kept), tr=float(tr), warnings=prep["warnings"])
-    qc_extra.update(confound_regressors=list(regress.columns), motion_model=model)
-    qc = qc_metrics(fd, table["dvars"].to_numpy()[prep["dropped"]:], scrub,
-                    tsnr(data, mask), prep["coverage"], qc_extra)
-    qc["flags"].extend(model_flags)
-    if tissue_masks:
-        qc["tissue_masks"] = tissue_masks
+    cleaning = _cleaning_model(ctx, table, scrub, prep["dropped"], tr, cfg)
+    qc = _qc_record(prep, table, fd, scrub, cleaning, tissue_masks)
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    res = _res(cfg.output_resolution)
-    mni = {"space": TEMPLATE_SPACE, "res": res}
+    mni = {"space": TEMPLATE_SPACE, "res": res_label(cfg.output_resolution)}
     with ctx.step("qc"):
         img4d = nib.Nifti1Image(data, affine)
         img4d.header.set_xyzt_units("mm", "sec")
-        try:
-            carpet_plot(img4d, mask_img, tr, fd, scrub,
-                        _out(ctx, ents, datatype="figures", desc="carpet", suffix="bold",
-                             extension=".svg"))
-        except Exception as exc:  # a figure never fails the run
-            logger.warning("carpet plot failed: %s", exc)
-            qc["flags"].append(f"carpet plot failed: {exc}")
-    clean_fraction = len(kept) / n_vol
-    if clean_fraction < cfg.min_clean_fraction or len(kept) < cfg.min_volumes:
-        reason = (
-            f"too little clean data: {len(kept)} of {n_vol} volumes left after scrubbing "
-            f"(FD > {cfg.fd_threshold} mm); need {100 * cfg.min_clean_fraction:.0f}% and at "
-            f"least {cfg.min_volumes} volumes"
-        )
+        _carpet(ctx, ents, img4d, mask_img, tr, fd, scrub, qc)
+    reason = _too_little_clean_data(len(cleaning.kept), n_vol, cfg)
+    if reason:
         qc.update(excluded=True, reason=reason)
         atomic_write_json(_out(ctx, ents, datatype="func", desc="qc", suffix="bold",
                                extension=".json"), qc)
@@ -301,57 +275,11 @@ def _process_run(ctx, bold_run, ents) -> dict:
                               extension=".nii.gz"))
     with ctx.step("parcels"):
         for atlas_id in cfg.atlases:
-            atlas = load_atlas(atlas_id)
-            raw = parcel_signals(img4d, atlas, mask_img)
-            valid = ~raw.isna().any(axis=0).to_numpy()
-            cleaned = pd.DataFrame(np.nan, index=range(len(kept)), columns=raw.columns)
-            if valid.any():
-                cleaned.loc[:, valid] = clean_signals(raw.loc[:, valid].to_numpy(), regress,
-                                                      kept, tr=tr, **band)
-            full = pd.DataFrame(np.nan, index=range(prep["dropped"] + n_vol), columns=raw.columns)
-            full.iloc[prep["dropped"] + kept] = cleaned.to_numpy()
-            a = {"atlas": atlas_id, "datatype": "func"}
-            atomic_write_tsv(_out(ctx, ents, **a, suffix="timeseries", extension=".tsv"),
-                             full.round(6))
-            pearson = connectivity(cleaned, "correlation")
-            atomic_write_tsv(_out(ctx, ents, **a, meas="PearsonCorrelation", suffix="relmat",
-                                  extension=".tsv"), pearson.round(6), index=True)
-            z = pd.DataFrame(fisher_z(pearson.to_numpy()), index=pearson.index,
-                             columns=pearson.columns)
-            atomic_write_tsv(_out(ctx, ents, **a, meas="FisherZ", suffix="relmat",
-                                  extension=".tsv"), z.round(6), index=True)
-            if "partial correlation" in cfg.connectivity:
-                partial = connectivity(cleaned, "partial correlation")
-                atomic_write_tsv(_out(ctx, ents, **a, meas="PartialCorrelation",
-                                      suffix="relmat", extension=".tsv"),
-                                 partial.round(6), index=True)
-            qc[f"regions_missing_{atlas_id}"] = int((~valid).sum())
+            qc[f"regions_missing_{atlas_id}"] = _write_parcels(
+                ctx, ents, atlas_id, img4d, mask_img, cleaning, prep["dropped"], n_vol, tr, cfg)
     if cfg.maps:
         with ctx.step("maps"):
-            series = data[mask].T  # (T, V) float32
-            mean = series.mean(axis=0)
-            pct = series * (100.0 / np.where(mean == 0, 1.0, mean)).astype(np.float32)
-            del series
-            bandpassed, unfiltered = clean_voxels(pct, regress.to_numpy(), kept, tr=tr,
-                                                  unfiltered=True, **band)
-            del pct
-            maps = {}
-            if "alff" in cfg.maps or "falff" in cfg.maps:
-                even = interpolate_censored(unfiltered, kept, n_vol)
-                alff, falff = alff_falff(even, tr, (cfg.high_pass, band["low_pass"]))
-                maps["alff"], maps["falff"] = alff, falff
-            if "reho" in cfg.maps or "dmn" in cfg.maps:
-                vol = np.zeros((*mask.shape, len(kept)), np.float32)
-                vol[mask] = bandpassed.T
-            if "reho" in cfg.maps:
-                maps["reho"] = reho(vol, mask)[mask]
-            if "dmn" in cfg.maps:
-                from nilearn.maskers import NiftiSpheresMasker
-
-                seed = NiftiSpheresMasker([DMN_SEED_MNI], radius=8.0, mask_img=mask_img,
-                                          standardize=None)
-                seed_ts = seed.fit_transform(nib.Nifti1Image(vol, affine))[:, 0]
-                maps["dmn"] = seed_map(bandpassed, seed_ts)
+            maps = _voxel_maps(data, mask, mask_img, cleaning, n_vol, tr, cfg)
             for name in cfg.maps:
                 vol = np.zeros(mask.shape, np.float32)
                 vol[mask] = maps[name]
@@ -361,3 +289,253 @@ def _process_run(ctx, bold_run, ents) -> dict:
     atomic_write_json(_out(ctx, ents, datatype="func", desc="qc", suffix="bold",
                            extension=".json"), qc)
     return {"qc": {k: v for k, v in qc.items() if k != "warnings"}}
+
+
+def _to_mni(ctx, bold_run, ents, cfg, template, tmask) -> dict:
+    """Bring the run onto the MNI grid (raw BOLD, or fMRIPrep's) and check its brain coverage.
+
+    Raises
+    ------
+    ProcessingError
+        Fewer than 100 brain voxels of the grid are covered by the BOLD data.
+    """
+    if ctx.derivatives_dir is not None:
+        prep = _fmriprep_to_mni(ctx, bold_run, ents, cfg, template, tmask)
+    else:
+        prep = _native_to_mni(ctx, bold_run, cfg, template, tmask)
+    mask = prep["mask"]
+    if mask.sum() < 100:
+        raise ProcessingError(
+            f"sub-{ctx.subject} {bold_run.path.name}: only {int(mask.sum())} brain voxels of "
+            "the MNI grid are covered by the BOLD data; check the registration and the "
+            "field of view"
+        )
+    return prep
+
+
+def _confounds_table(data, mask, prep, cfg):
+    """Build the run's confounds table (fMRIPrep column names).
+
+    Motion (24 parameters), framewise displacement, DVARS, WM and CSF signals
+    (from the structural tissue maps, or fMRIPrep's columns), aCompCor
+    components if configured, the global signal and the motion outliers; the
+    dropped non-steady-state volumes are padded back as rows of n/a.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per volume of the raw run.
+    fd : numpy.ndarray
+        Framewise displacement of the volumes kept after the dummy scans.
+    scrub : numpy.ndarray of bool
+        Motion outliers among them.
+    tissue_masks : dict
+        How each tissue mean was taken (``white_matter``, ``csf``); empty with fMRIPrep input.
+    """
+    from .confounds import acompcor, expand_24, motion_outliers, tissue_mask_eroded, tissue_signal
+    from .motion import MOTION_COLUMNS, dvars, framewise_displacement
+
+    params = pd.DataFrame(prep["params"], columns=list(MOTION_COLUMNS))
+    table = expand_24(params)
+    fd = prep["fd"] if prep["fd"] is not None else framewise_displacement(prep["params"])
+    table["framewise_displacement"] = fd
+    brain = data[mask].T  # (T, V)
+    table["dvars"] = dvars(brain)
+    table["std_dvars"] = dvars(brain, standardize=True)
+    ext = prep["external_confounds"]
+    tissue_masks = {}
+    if prep["tissues"] is not None:
+        for column, tissue in (("white_matter", "wm"), ("csf", "csf")):
+            prob = prep["tissues"][tissue] * mask
+            table[column] = tissue_signal(data, prob)
+            tissue_masks[column] = "eroded" if tissue_mask_eroded(prob) else (
+                "uneroded: one erosion left fewer than 10 voxels, so the mean includes "
+                "voxels that border grey matter")
+        if cfg.acompcor_components:
+            noise = ((prep["tissues"]["wm"] > 0.9) | (prep["tissues"]["csf"] > 0.9)) & mask
+            comps = acompcor(data, noise, cfg.acompcor_components)
+            for j in range(comps.shape[1]):
+                table[f"a_comp_cor_{j:02d}"] = comps[:, j]
+    else:
+        for col in ("white_matter", "csf", *[c for c in ext.columns
+                                             if c.startswith("a_comp_cor_")]):
+            if col in ext.columns:
+                table[col] = ext[col].fillna(0).to_numpy()
+    table["global_signal"] = brain.mean(axis=1)
+    scrub = motion_outliers(fd, cfg.fd_threshold)
+    table["motion_outlier"] = scrub.astype(int)
+    if prep["dropped"]:
+        pad = pd.DataFrame(np.nan, index=range(prep["dropped"]), columns=table.columns)
+        pad["non_steady_state"] = 1
+        table = pd.concat([pad, table.assign(non_steady_state=0)], ignore_index=True)
+    return table, fd, scrub, tissue_masks
+
+
+@dataclass(frozen=True)
+class _Cleaning:
+    """How a run's signals are cleaned."""
+
+    #: Indices of the volumes kept after scrubbing (counted after the dummy scans).
+    kept: np.ndarray
+    #: ``high_pass`` and ``low_pass`` (Hz) of the band-pass filter.
+    band: dict
+    #: Confound regressors, one row per volume after the dummy scans.
+    regress: pd.DataFrame
+    #: Motion parameters among the regressors (24, 12 or 6).
+    model: int
+    #: QC flags (a reduced motion model).
+    flags: list
+
+
+def _cleaning_model(ctx, table, scrub, dropped: int, tr: float, cfg) -> _Cleaning:
+    """Choose the confound regressors that the clean volumes can afford.
+
+    The motion model drops from ``func.motion_regressors`` (24) to 12 and then 6
+    parameters while the regressors exceed ``func.max_confound_fraction`` of the
+    degrees of freedom left in the band by the clean volumes; a reduction is flagged.
+    """
+    from .confounds import band_dof, regressors
+
+    kept = np.flatnonzero(~scrub)
+    band = {"high_pass": cfg.high_pass, "low_pass": min(cfg.low_pass, 0.95 * 0.5 / tr)}
+    budget = cfg.max_confound_fraction * band_dof(len(kept), tr, **band)
+    body = table.iloc[dropped:].reset_index(drop=True)
+    flags = []
+    for model in [m for m in (24, 12, 6) if m <= cfg.motion_regressors]:
+        regress = regressors(body, global_signal=cfg.global_signal,
+                             n_acompcor=cfg.acompcor_components,
+                             tissue=not cfg.acompcor_components, motion_model=model)
+        if regress.shape[1] <= budget or model == 6:
+            break
+    if model != cfg.motion_regressors:
+        flags.append(
+            f"motion model reduced from {cfg.motion_regressors} to {model} parameters: "
+            f"{len(kept)} clean volumes leave {budget / cfg.max_confound_fraction:.0f} degrees "
+            "of freedom in the band"
+        )
+        logger.warning("sub-%s: %s", ctx.subject, flags[-1])
+    return _Cleaning(kept=kept, band=band, regress=regress, model=model, flags=flags)
+
+
+def _qc_record(prep, table, fd, scrub, cleaning, tissue_masks) -> dict:
+    """QC metrics and flags of a run (motion, DVARS, tSNR, coverage, the confound model)."""
+    from .qc import qc_metrics, tsnr
+
+    qc_extra = dict(prep["extra_qc"])
+    qc_extra.update(n_volumes=int(prep["n_total"]), dropped_non_steady=int(prep["dropped"]),
+                    n_kept=len(cleaning.kept), tr=float(prep["tr"]), warnings=prep["warnings"])
+    qc_extra.update(confound_regressors=list(cleaning.regress.columns),
+                    motion_model=cleaning.model)
+    qc = qc_metrics(fd, table["dvars"].to_numpy()[prep["dropped"]:], scrub,
+                    tsnr(prep["data"], prep["mask"]), prep["coverage"], qc_extra)
+    qc["flags"].extend(cleaning.flags)
+    if tissue_masks:
+        qc["tissue_masks"] = tissue_masks
+    return qc
+
+
+def _carpet(ctx, ents, img4d, mask_img, tr, fd, scrub, qc) -> None:
+    """Draw the run's carpet plot; a failure is a QC flag, never an error."""
+    from .qc import carpet_plot
+
+    try:
+        carpet_plot(img4d, mask_img, tr, fd, scrub,
+                    _out(ctx, ents, datatype="figures", desc="carpet", suffix="bold",
+                         extension=".svg"))
+    except Exception as exc:  # a figure never fails the run
+        logger.warning("carpet plot failed: %s", exc)
+        qc["flags"].append(f"carpet plot failed: {exc}")
+
+
+def _too_little_clean_data(n_kept: int, n_vol: int, cfg) -> str | None:
+    """Why a run with ``n_kept`` clean volumes of ``n_vol`` is excluded; None if it is not."""
+    if n_kept / n_vol < cfg.min_clean_fraction or n_kept < cfg.min_volumes:
+        return (
+            f"too little clean data: {n_kept} of {n_vol} volumes left after scrubbing "
+            f"(FD > {cfg.fd_threshold} mm); need {100 * cfg.min_clean_fraction:.0f}% and at "
+            f"least {cfg.min_volumes} volumes"
+        )
+    return None
+
+
+def _write_parcels(ctx, ents, atlas_id, img4d, mask_img, cleaning, dropped, n_vol, tr,
+                   cfg) -> int:
+    """Write one atlas's cleaned parcel time series and connectivity matrices.
+
+    Returns
+    -------
+    int
+        The number of regions without signal (no brain voxel covered), left n/a.
+    """
+    from ..atlases import load_atlas
+    from ..io import atomic_write_tsv
+    from .denoise import clean_signals
+    from .features import connectivity, fisher_z, parcel_signals
+
+    kept = cleaning.kept
+    atlas = load_atlas(atlas_id)
+    raw = parcel_signals(img4d, atlas, mask_img)
+    valid = ~raw.isna().any(axis=0).to_numpy()
+    cleaned = pd.DataFrame(np.nan, index=range(len(kept)), columns=raw.columns)
+    if valid.any():
+        cleaned.loc[:, valid] = clean_signals(raw.loc[:, valid].to_numpy(), cleaning.regress,
+                                              kept, tr=tr, **cleaning.band)
+    full = pd.DataFrame(np.nan, index=range(dropped + n_vol), columns=raw.columns)
+    full.iloc[dropped + kept] = cleaned.to_numpy()
+    a = {"atlas": atlas_id, "datatype": "func"}
+    atomic_write_tsv(_out(ctx, ents, **a, suffix="timeseries", extension=".tsv"),
+                     full.round(6))
+    pearson = connectivity(cleaned, "correlation")
+    atomic_write_tsv(_out(ctx, ents, **a, meas="PearsonCorrelation", suffix="relmat",
+                          extension=".tsv"), pearson.round(6), index=True)
+    z = pd.DataFrame(fisher_z(pearson.to_numpy()), index=pearson.index,
+                     columns=pearson.columns)
+    atomic_write_tsv(_out(ctx, ents, **a, meas="FisherZ", suffix="relmat",
+                          extension=".tsv"), z.round(6), index=True)
+    if "partial correlation" in cfg.connectivity:
+        partial = connectivity(cleaned, "partial correlation")
+        atomic_write_tsv(_out(ctx, ents, **a, meas="PartialCorrelation",
+                              suffix="relmat", extension=".tsv"),
+                         partial.round(6), index=True)
+    return int((~valid).sum())
+
+
+def _voxel_maps(data, mask, mask_img, cleaning, n_vol, tr, cfg) -> dict:
+    """Compute the configured voxel maps (ALFF, fALFF, ReHo, DMN seed) of the cleaned signal.
+
+    Returns
+    -------
+    dict
+        Map name -> values of the brain voxels of ``mask``.
+    """
+    import nibabel as nib
+
+    from .denoise import clean_voxels, interpolate_censored
+    from .maps import DMN_SEED_MNI, alff_falff, reho, seed_map
+
+    kept, band = cleaning.kept, cleaning.band
+    series = data[mask].T  # (T, V) float32
+    mean = series.mean(axis=0)
+    pct = series * (100.0 / np.where(mean == 0, 1.0, mean)).astype(np.float32)
+    del series
+    bandpassed, unfiltered = clean_voxels(pct, cleaning.regress.to_numpy(), kept, tr=tr,
+                                          unfiltered=True, **band)
+    del pct
+    maps = {}
+    if "alff" in cfg.maps or "falff" in cfg.maps:
+        even = interpolate_censored(unfiltered, kept, n_vol)
+        alff, falff = alff_falff(even, tr, (cfg.high_pass, band["low_pass"]))
+        maps["alff"], maps["falff"] = alff, falff
+    if "reho" in cfg.maps or "dmn" in cfg.maps:
+        vol = np.zeros((*mask.shape, len(kept)), np.float32)
+        vol[mask] = bandpassed.T
+    if "reho" in cfg.maps:
+        maps["reho"] = reho(vol, mask)[mask]
+    if "dmn" in cfg.maps:
+        from nilearn.maskers import NiftiSpheresMasker
+
+        seed = NiftiSpheresMasker([DMN_SEED_MNI], radius=8.0, mask_img=mask_img,
+                                  standardize=None)
+        seed_ts = seed.fit_transform(nib.Nifti1Image(vol, mask_img.affine))[:, 0]
+        maps["dmn"] = seed_map(bandpassed, seed_ts)
+    return maps

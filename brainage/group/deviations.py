@@ -158,7 +158,8 @@ def normative_deviations(participants: pd.DataFrame, features: pd.DataFrame) -> 
 
 def _region_names(atlas_id) -> dict[str, tuple[str, str]]:
     """Feature name ``<atlas>_<index>`` → (region name, lobe) from the registry's region table."""
-    from ..atlases import AtlasError, UnknownAtlasError, region_table
+    from ..atlases import region_table
+    from ..exceptions import AtlasError, UnknownAtlasError
 
     if not atlas_id:
         return {}

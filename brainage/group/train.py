@@ -258,7 +258,7 @@ def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> di
 
 def _save_map(files: dict, out: Path, name: str, make_image) -> None:
     """Write ``out/<name>.nii.gz`` from ``make_image()`` and add it to ``files``; log and skip on failure."""
-    from ..atlases import AtlasError
+    from ..exceptions import AtlasError
     from ..io import save_nifti
 
     try:

@@ -90,7 +90,8 @@ class AblationUnits:
 
 
 def _atlas_regions(atlas) -> pd.DataFrame | None:
-    from ..atlases import AtlasError, UnknownAtlasError, region_table
+    from ..atlases import region_table
+    from ..exceptions import AtlasError, UnknownAtlasError
 
     if not atlas:
         return None
@@ -463,12 +464,13 @@ def attribution_image(summary: pd.DataFrame, modality: str, *, column: str = "at
 
     Raises
     ------
-    brainage.atlases.AtlasError
+    brainage.exceptions.AtlasError
         The atlas' image cannot be read (its package is missing).
     """
     import nibabel as nib
 
-    from ..atlases import UnknownAtlasError, load_atlas
+    from ..atlases import load_atlas
+    from ..exceptions import UnknownAtlasError
 
     rows = summary[(summary["modality"] == modality) & (summary["level"] == "region")
                    & summary["index"].notna()]

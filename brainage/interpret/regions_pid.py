@@ -127,7 +127,8 @@ def paired_inputs(cohort) -> tuple[RegionPIDInputs | None, str]:
     >>> pair is None, why.split(";")[0]
     (True, "no connectivity input shares an atlas with a regional input (regional 'anat' on AAL")
     """
-    from ..atlases import AtlasError, UnknownAtlasError, region_table
+    from ..atlases import region_table
+    from ..exceptions import AtlasError, UnknownAtlasError
 
     regional = {m: inp.spec.get("atlas") for m, inp in cohort.inputs.items() if inp.kind == "regional"}
     connect = {m: inp.spec.get("atlas") for m, inp in cohort.inputs.items() if inp.kind == "connectivity"}
@@ -338,7 +339,7 @@ def atom_image(table: pd.DataFrame, atom: str):
     ------
     KeyError
         ``atom`` is not a column of ``table``.
-    brainage.atlases.AtlasError
+    brainage.exceptions.AtlasError
         The atlas' image cannot be read (its package is missing).
     """
     from .regions import attribution_image

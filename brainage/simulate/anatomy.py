@@ -266,18 +266,6 @@ def _resample(img, affine, shape, order: int):
     return np.asarray(out.dataobj, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def _raw_templates():
-    """Load the nilearn 1 mm ICBM152 2009a T1, GM and WM images (once per process)."""
-    from nilearn import datasets
-
-    return (
-        datasets.load_mni152_template(resolution=1),
-        datasets.load_mni152_gm_template(resolution=1),
-        datasets.load_mni152_wm_template(resolution=1),
-    )
-
-
 @functools.lru_cache(maxsize=4)
 def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) -> Templates:
     """Build the cohort-level anatomy on a model grid of ``resolution`` mm.
@@ -297,7 +285,9 @@ def load_templates(resolution: float, atlas_id: str, regional_weights: tuple) ->
     """
     from scipy import ndimage
 
-    t1, gm_img, wm_img = _raw_templates()
+    from ..templates import mni152
+
+    t1, gm_img, wm_img = mni152("t1"), mni152("gm"), mni152("wm")
     base = t1.affine
     lo = base[:3, 3] - PAD_MM
     hi = base[:3, 3] + (np.asarray(t1.shape) - 1) * np.diag(base)[:3] + PAD_MM

@@ -12,6 +12,7 @@ import functools
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,9 @@ def _pose(rng, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _truth_grid():
-    from nilearn import datasets
+    from ..templates import mni152
 
-    ref = datasets.load_mni152_template(resolution=TRUTH_RES)
+    ref = mni152("t1", TRUTH_RES)
     return ref.affine, ref.shape
 
 
@@ -115,60 +116,71 @@ def _model_resolutions(params: SimulationParams) -> tuple[float, float]:
     return t1_res, bold_res
 
 
-def simulate_participant(out_dir, row: dict, index: int, params: SimulationParams) -> dict:
-    """Simulate and write one participant's images and truth.
+@dataclass(frozen=True)
+class _Individual:
+    """One participant's age-independent draws: head size, deformation and the two poses."""
 
-    Parameters
-    ----------
-    out_dir : path-like
-        Dataset root.
-    row : dict
-        The participant's row of :func:`~brainage.simulate.latent.draw_cohort`.
-    index : int
-        Position in the cohort (seeds this participant's random draws).
-    params : SimulationParams
+    scale: float
+    deformation: object  # geometry.Deformation
+    t1_pose: np.ndarray
+    t1_rot: np.ndarray
+    t1_trans: np.ndarray
+    bold_pose: np.ndarray
+    bold_rot: np.ndarray
+    bold_trans: np.ndarray
 
-    Returns
-    -------
-    dict
-        Pose, head size and true volumes for ``participants_truth.tsv``.
-    """
-    import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_tsv, save_nifti
-    from . import aging, anatomy, bold, geometry
+def _draw_individual(rng, row: dict, params: SimulationParams) -> _Individual:
+    """Draw the head scale, the deformation, then the T1w and the BOLD pose (in that order)."""
+    from . import geometry
 
-    out_dir = Path(out_dir)
-    truth = out_dir / TRUTH_DIR
-    sub = row["participant_id"].removeprefix("sub-")
-    rng = np.random.default_rng([params.seed, 1, index])
-    site = int(row["site"].removeprefix("site")) - 1
-    t1_res, bold_res = _model_resolutions(params)
-    tpl = anatomy.load_templates(t1_res, params.atlas, params.regional_weights)
-
-    # Individual anatomy (age-independent) and pose.
     sex_shift = params.head_scale_sex if row["sex"] == "M" else -params.head_scale_sex
     scale = float(1.0 + sex_shift + params.head_scale_sd * rng.standard_normal())
     deformation = geometry.draw_deformation(rng, params.deformation_sd_mm,
                                            params.deformation_spacing_mm)
     t1_pose, t1_rot, t1_trans = _pose(rng, params)
     bold_pose, bold_rot, bold_trans = _pose(rng, params)
+    return _Individual(scale, deformation, t1_pose, t1_rot, t1_trans,
+                       bold_pose, bold_rot, bold_trans)
 
-    # Structural image.
-    displacement, modulation = deformation.dense(tpl.shape, tpl.affine)
+
+def _write_t1(out_dir: Path, sub: str, row: dict, site: int, tpl, ind: _Individual,
+              params: SimulationParams, rng) -> tuple[dict, np.ndarray]:
+    """Age the tissues, synthesise and write the T1w image; return ``(tissues, displacement)``.
+
+    The tissues are on the model grid ``tpl``; the displacement is the deformation's
+    dense field on that grid (for the native volumes).
+    """
+    from ..io import save_nifti
+    from . import aging, anatomy
+
+    displacement, modulation = ind.deformation.dense(tpl.shape, tpl.affine)
     tissues = aging.aged_tissues(tpl, row["structural_age"], params, modulation)
     t1_shape, t1_affine = anatomy.make_grid(params.t1_fov, params.t1_voxel_size)
     gain = 1.0 + 0.12 * site
     t1 = aging.synthesize_t1(
-        tpl, tissues, shape=t1_shape, affine=t1_affine, pose=t1_pose, scale=scale,
-        deformation=deformation, gm_contrast=params.site_value(params.site_gm_contrast, site),
+        tpl, tissues, shape=t1_shape, affine=t1_affine, pose=ind.t1_pose, scale=ind.scale,
+        deformation=ind.deformation,
+        gm_contrast=params.site_value(params.site_gm_contrast, site),
         noise=params.site_value(params.t1_noise, site), gain=gain,
         bias_strength=params.bias_field_strength, rng=rng,
     )
     save_nifti(_nifti(t1, t1_affine),
                _path(out_dir, subject=sub, datatype="anat", suffix="T1w", extension=".nii.gz"))
+    return tissues, displacement
 
-    # Structural truth in MNI space (res-2) and in the participant's own head.
+
+def _write_tissue_truth(truth: Path, sub: str, tpl, tissues: dict, displacement,
+                        ind: _Individual, params: SimulationParams) -> dict:
+    """Write the MNI-space tissue maps and brain mask, and the native tissue and regional volumes.
+
+    Returns the tissue volumes (mL) for ``participants_truth.tsv``.
+    """
+    import pandas as pd
+
+    from ..io import atomic_write_tsv, save_nifti
+    from . import aging, anatomy
+
     anat = {"subject": sub, "datatype": "anat", "space": anatomy.SPACE, "res": str(TRUTH_RES),
             "extension": ".nii.gz"}
     brain = 0.0
@@ -179,7 +191,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
                    _path(truth, label=label, suffix="probseg", **anat))
     save_nifti(_nifti((brain > 0.5).astype(np.uint8), ref_affine),
                _path(truth, desc="brain", suffix="mask", **anat))
-    vols = aging.native_volumes(tpl, tissues, scale, displacement)
+    vols = aging.native_volumes(tpl, tissues, ind.scale, displacement)
     tiv = vols["gm"] + vols["wm"] + vols["csf"] + vols["rim_csf"]
     tissue_row = {"gm_ml": vols["gm"], "wm_ml": vols["wm"], "csf_ml": vols["csf"] + vols["rim_csf"],
                   "tiv_ml": tiv, "ventricles_ml": vols["ventricles"]}
@@ -198,6 +210,16 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     })
     atomic_write_tsv(_path(truth, subject=sub, datatype="anat", atlas=params.atlas, desc="gm",
                            suffix="morph", extension=".tsv"), regional)
+    return tissue_row
+
+
+def _write_t1_transform_truth(truth: Path, sub: str, ind: _Individual,
+                              params: SimulationParams) -> None:
+    """Write the true T1w-to-MNI map: the deformation's control vectors and the pose JSON."""
+    from ..io import atomic_write_json, save_nifti
+    from . import anatomy
+
+    deformation, scale, t1_pose = ind.deformation, ind.scale, ind.t1_pose
     control = deformation.coefficients[:3].transpose(1, 2, 3, 0)[:, :, :, None, :]
     deformation_path = _path(truth, subject=sub, datatype="anat", from_="T1w",
                              to=anatomy.SPACE, desc="deformation", suffix="xfm",
@@ -223,10 +245,21 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
         },
     )
 
-    # Functional image: anatomy at a fixed reference age, signals from the functional age.
+
+def _write_bold(out_dir: Path, sub: str, row: dict, ind: _Individual,
+                params: SimulationParams, rng):
+    """Synthesise and write the resting-state run; return ``(parcels, signals, motion)``.
+
+    Anatomy at a fixed reference age, signals from the functional age. Random draws
+    in order: parcel signals, head motion, then the image's own noise.
+    """
+    from ..io import atomic_write_json, save_nifti
+    from . import aging, anatomy, bold
+
+    _, bold_res = _model_resolutions(params)
     btpl = anatomy.load_templates(bold_res, params.atlas, params.regional_weights)
     ref_age = 0.5 * (params.age_min + params.age_max)
-    b_displacement, b_modulation = deformation.dense(btpl.shape, btpl.affine)
+    b_displacement, b_modulation = ind.deformation.dense(btpl.shape, btpl.affine)
     btissues = aging.aged_tissues(btpl, ref_age, params, b_modulation)
     parcels, networks = bold.parcels_of(btpl)
     signals = bold.parcel_signals(rng, networks, row["functional_age"], params)
@@ -234,7 +267,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
     b_shape, b_affine = anatomy.make_grid(params.bold_fov, params.bold_voxel_size)
     data = bold.synthesize_bold(
         btpl, btissues, signals, parcels["index"].to_numpy(), shape=b_shape, affine=b_affine,
-        pose=bold_pose, scale=scale, displacement=b_displacement, motion=motion,
+        pose=ind.bold_pose, scale=ind.scale, displacement=b_displacement, motion=motion,
         functional_age=row["functional_age"], params=params, rng=rng,
     )
     func = {"subject": sub, "datatype": "func", "task": TASK}
@@ -249,8 +282,22 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
         "SkullStripped": False,
         "TaskDescription": "Simulated resting state, eyes open (brainage simulator).",
     })
+    return parcels, signals, motion
 
-    # Functional truth.
+
+def _write_functional_truth(truth: Path, sub: str, row: dict, ind: _Individual,
+                            params: SimulationParams, parcels, signals, motion):
+    """Write the parcel time series, their correlations, the motion and the BOLD-to-MNI map.
+
+    Returns ``(coupling, moves)``: the true couplings of the functional age and the
+    motion table with framewise displacement.
+    """
+    import pandas as pd
+
+    from ..io import atomic_write_json, atomic_write_tsv
+    from . import anatomy, bold
+
+    func = {"subject": sub, "datatype": "func", "task": TASK}
     coupling = bold.couplings(row["functional_age"], params)
     names = parcels["name"].astype(str).tolist()
     percent = pd.DataFrame(signals * coupling["amplitude"] * 100.0, columns=names)
@@ -275,17 +322,57 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
                 "volume t (desc-motion_timeseries.tsv; rotations R = Rz Ry Rx in radians about "
                 "the scanner origin, the centre of the field of view, then translation in mm)."
             ),
-            "HeadPose": bold_pose.round(8).tolist(),
-            "HeadScale": round(scale, 8),
+            "HeadPose": ind.bold_pose.round(8).tolist(),
+            "HeadScale": round(ind.scale, 8),
         },
     )
+    return coupling, moves
+
+
+def simulate_participant(out_dir, row: dict, index: int, params: SimulationParams) -> dict:
+    """Simulate and write one participant's images and truth.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Dataset root.
+    row : dict
+        The participant's row of :func:`~brainage.simulate.latent.draw_cohort`.
+    index : int
+        Position in the cohort (seeds this participant's random draws).
+    params : SimulationParams
+
+    Returns
+    -------
+    dict
+        Pose, head size and true volumes for ``participants_truth.tsv``.
+    """
+    from . import anatomy
+
+    out_dir = Path(out_dir)
+    truth = out_dir / TRUTH_DIR
+    sub = row["participant_id"].removeprefix("sub-")
+    # One generator for all of the participant's draws, in a fixed order: individual
+    # anatomy and poses, T1w noise, then BOLD signals, motion and noise.
+    rng = np.random.default_rng([params.seed, 1, index])
+    site = int(row["site"].removeprefix("site")) - 1
+    t1_res, _ = _model_resolutions(params)
+    tpl = anatomy.load_templates(t1_res, params.atlas, params.regional_weights)
+
+    ind = _draw_individual(rng, row, params)
+    tissues, displacement = _write_t1(out_dir, sub, row, site, tpl, ind, params, rng)
+    tissue_row = _write_tissue_truth(truth, sub, tpl, tissues, displacement, ind, params)
+    _write_t1_transform_truth(truth, sub, ind, params)
+    parcels, signals, motion = _write_bold(out_dir, sub, row, ind, params, rng)
+    coupling, moves = _write_functional_truth(truth, sub, row, ind, params, parcels, signals,
+                                              motion)
     return {
         "participant_id": row["participant_id"],
-        "head_scale": scale,
-        **{f"t1_rot_{a}": r for a, r in zip("xyz", t1_rot)},
-        **{f"t1_trans_{a}": t for a, t in zip("xyz", t1_trans)},
-        **{f"bold_rot_{a}": r for a, r in zip("xyz", bold_rot)},
-        **{f"bold_trans_{a}": t for a, t in zip("xyz", bold_trans)},
+        "head_scale": ind.scale,
+        **{f"t1_rot_{a}": r for a, r in zip("xyz", ind.t1_rot)},
+        **{f"t1_trans_{a}": t for a, t in zip("xyz", ind.t1_trans)},
+        **{f"bold_rot_{a}": r for a, r in zip("xyz", ind.bold_rot)},
+        **{f"bold_trans_{a}": t for a, t in zip("xyz", ind.bold_trans)},
         "mean_fd": float(np.nanmean(moves["framewise_displacement"])),
         "dmn_coupling": coupling["dmn"],
         "global_coupling": coupling["global"],

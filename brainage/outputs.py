@@ -1,5 +1,9 @@
 """Names of the structural stage's outputs, and finding them for downstream stages.
 
+Below both stage packages (:mod:`brainage.anat` writes these files;
+:mod:`brainage.func`, :mod:`brainage.cohort` and the group level read them), so
+that no stage imports another.
+
 The structural stage writes, per participant (``res`` is the MNI grid, see
 :func:`res_label`)::
 
@@ -33,14 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..bids import TEMPLATE_SPACE, derivative_path
-from ..exceptions import BrainageError
+from .bids import TEMPLATE_SPACE, derivative_path
+from .exceptions import AnatOutputsMissingError
 
-__all__ = ["AnatOutputs", "AnatOutputsMissingError", "anat_outputs", "output_entities", "res_label"]
-
-
-class AnatOutputsMissingError(BrainageError):
-    """The structural stage's outputs for a participant are not there."""
+__all__ = ["AnatOutputs", "anat_outputs", "atlas_entities", "output_entities", "res_label"]
 
 
 def res_label(resolution: float) -> str:
