@@ -53,3 +53,27 @@ def make_cohort(n=80, *, seed=0, n_sites=2, patient_gap=5.0, patient_fraction=0.
     inputs = {"anat": tab("anat", anat, "regional"), "func": tab("func", func, "connectivity")}
     exclusions = pd.DataFrame(columns=["participant_id", "session", "modality", "reason"])
     return CohortData(participants=parts, inputs=inputs, exclusions=exclusions)
+
+
+def assert_out_of_fold(attr, participants, folds, direct, *, n_folds=3, atol=1e-4):
+    """Each participant's attributions come from the models that did not train on it.
+
+    A control's are those of the one model whose fold held it out; a patient's, the mean over
+    the ``n_folds`` fold models. ``direct(train, target, k)`` refits fold ``k`` on ``train``
+    and returns the attributions of ``target``. A canary checks that a model trained on the
+    controls themselves explains them differently (the test would see a leak).
+    """
+    controls = participants.index[participants["is_control"]]
+    patients = participants.index[~participants["is_control"]]
+    assert set(attr.values.index) == set(participants.index)
+    assert (attr.n_models.loc[controls] == 1).all() and (attr.n_models.loc[patients] == n_folds).all()
+    per_fold = []
+    for k in range(n_folds):
+        train = list(controls[folds.loc[controls] != k])
+        test = list(controls[folds.loc[controls] == k])
+        found = direct(train, test + list(patients), k)
+        np.testing.assert_allclose(attr.values.loc[test], found.loc[test], atol=atol)
+        per_fold.append(found.loc[patients])
+    np.testing.assert_allclose(attr.values.loc[patients], sum(per_fold) / n_folds, atol=atol)
+    leaky = direct(list(controls), list(controls), 0)
+    assert np.abs(leaky.to_numpy() - attr.values.loc[controls].to_numpy()).max() > 1e-3

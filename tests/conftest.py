@@ -114,3 +114,18 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@pytest.fixture(scope="session")
+def aged_test_anatomy():
+    """The simulator's "test" preset at 3 mm, its tissues aged to 20 and to 80 years.
+
+    Returns ``(params, templates, young, old)``; read-only (shared by the session).
+    """
+    from brainage.simulate import aging, anatomy
+    from brainage.simulate.params import resolve_params
+
+    params = resolve_params("test")
+    tpl = anatomy.load_templates(3.0, params.atlas, params.regional_weights)
+    flat = np.zeros(tpl.shape, np.float32)
+    return params, tpl, aging.aged_tissues(tpl, 20.0, params, flat), aging.aged_tissues(tpl, 80.0, params, flat)

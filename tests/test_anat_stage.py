@@ -322,6 +322,7 @@ def test_resampled_copy_only_for_finer_images_and_head_mask_on_shrunk_grid():
     assert not mask[r > 75].any()
 
 
+@pytest.mark.slow
 def test_registration_is_reproducible_with_its_seed(tmp_path):
     import ants
     from scipy import ndimage

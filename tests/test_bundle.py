@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import numpy as np
@@ -34,6 +35,14 @@ def bundle(tmp_path, fitted):
     return path
 
 
+@contextlib.contextmanager
+def _edited_json(path):
+    """Read a bundle's JSON file, let the caller change it, write it back."""
+    data = json.loads(path.read_text())
+    yield data
+    path.write_text(json.dumps(data))
+
+
 def test_save_load_predict_identical(bundle, fitted):
     reg, d = fitted
     loaded = PIDRegressor.load(bundle)
@@ -48,9 +57,38 @@ def test_save_load_predict_identical(bundle, fitted):
     assert loaded.pid_ == reg.pid_
 
 
-def test_bundle_contents_have_no_pickle_and_full_metadata(bundle):
+def _assert_no_pickle(path):
+    """Every file of a bundle is plain JSON or safetensors: no pickle, no torch.save zip."""
+    from safetensors.torch import load_file
+
+    for f in sorted(path.iterdir()):
+        raw = f.read_bytes()
+        # pickle starts with the PROTO opcode 0x80; torch.save writes a zip ("PK\x03\x04")
+        assert raw[:1] != b"\x80" and raw[:4] != b"PK\x03\x04", f"{f.name} looks like a pickle"
+        if f.suffix == ".json":
+            json.loads(raw.decode("utf-8"))
+            continue
+        assert f.suffix == ".safetensors", f.name
+        # safetensors: an 8-byte little-endian header length, a JSON header, then raw bytes
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n].decode("utf-8"))
+        header.pop("__metadata__", None)
+        assert max(end for entry in header.values() for end in entry["data_offsets"]) == len(raw) - 8 - n
+        assert set(load_file(str(f))) == set(header)
+
+
+def test_bundle_contents_have_no_pickle_and_full_metadata(bundle, fitted):
+    from safetensors.torch import load_file
+
     names = sorted(p.name for p in bundle.iterdir())
     assert names == ["config.json", "metadata.json", "model.safetensors"]
+    _assert_no_pickle(bundle)
+    reg, _ = fitted
+    weights = load_file(str(bundle / "model.safetensors"))
+    state = reg.model_.state_dict()
+    assert set(weights) >= {f"model.{k}" for k in state}
+    for k, v in state.items():
+        torch.testing.assert_close(weights[f"model.{k}"], v.detach().cpu(), rtol=0, atol=0)
     info = read_bundle_metadata(bundle)
     assert info["config"]["format_version"] == FORMAT_VERSION
     meta = info["metadata"]
@@ -61,19 +99,15 @@ def test_bundle_contents_have_no_pickle_and_full_metadata(bundle):
 
 
 def test_refuses_other_major_version(bundle):
-    cfg_path = bundle / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["format_version"] = "2.0"
-    cfg_path.write_text(json.dumps(cfg))
+    with _edited_json(bundle / "config.json") as cfg:
+        cfg["format_version"] = "2.0"
     with pytest.raises(ModelBundleError, match="format version '2.0'.*reads format 1.x"):
         PIDRegressor.load(bundle)
 
 
 def test_accepts_newer_minor_version(bundle, fitted):
-    cfg_path = bundle / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["format_version"] = "1.7"
-    cfg_path.write_text(json.dumps(cfg))
+    with _edited_json(bundle / "config.json") as cfg:
+        cfg["format_version"] = "1.7"
     reg, d = fitted
     np.testing.assert_array_equal(PIDRegressor.load(bundle).predict(d.X), reg.predict(d.X))
 
@@ -89,9 +123,8 @@ def test_refuses_tampered_weights(bundle):
 
 def test_refuses_unknown_estimator_and_foreign_folder(bundle, tmp_path):
     cfg_path = bundle / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["estimator"] = "os.system"
-    cfg_path.write_text(json.dumps(cfg))
+    with _edited_json(cfg_path) as cfg:
+        cfg["estimator"] = "os.system"
     with pytest.raises(ModelBundleError, match="unknown estimator 'os.system'"):
         PIDRegressor.load(bundle)
     with pytest.raises(ModelBundleError, match="config.json: is missing"):
@@ -102,10 +135,8 @@ def test_refuses_unknown_estimator_and_foreign_folder(bundle, tmp_path):
 
 
 def test_refuses_weights_of_another_architecture(bundle):
-    cfg_path = bundle / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["config"]["latent_dim"] = 5
-    cfg_path.write_text(json.dumps(cfg))
+    with _edited_json(bundle / "config.json") as cfg:
+        cfg["config"]["latent_dim"] = 5
     with pytest.raises(ModelBundleError, match="does not fit the architecture"):
         PIDRegressor.load(bundle)
 
@@ -131,6 +162,7 @@ def test_extra_json_and_arrays_round_trip(bundle_with_extra, fitted):
     reg, d = fitted
     names = sorted(p.name for p in bundle_with_extra.iterdir())
     assert names == ["config.json", "extra.json", "extra.safetensors", "metadata.json", "model.safetensors"]
+    _assert_no_pickle(bundle_with_extra)
     data, arrays = read_bundle_extra(bundle_with_extra)
     assert data == {"kind": "group", "combat": {"anat": {"batches": ["a", "b"], "n": 3}},
                     "order": ["z", "a"], "shape": [2, 3], "scale": 0.5, "missing": None}
@@ -167,10 +199,8 @@ def test_refuses_truncated_extra_arrays_even_with_a_matching_checksum(bundle_wit
 
     f = bundle_with_extra / "extra.safetensors"
     f.write_bytes(f.read_bytes()[:40])
-    cfg_path = bundle_with_extra / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["extra_files"]["extra.safetensors"] = _sha256(f)
-    cfg_path.write_text(json.dumps(cfg))
+    with _edited_json(bundle_with_extra / "config.json") as cfg:
+        cfg["extra_files"]["extra.safetensors"] = _sha256(f)
     with pytest.raises(ModelBundleError, match="extra.safetensors: cannot be read"):
         read_bundle_extra(bundle_with_extra)
 
@@ -218,13 +248,11 @@ def test_save_replaces_a_bundle_whole_and_refuses_other_folders(bundle_with_extr
 def test_reads_a_format_1_0_bundle(bundle, fitted):
     """1.0 bundles (PIDRegressor only, no extra_files, epochs in the PID block) still load."""
     reg, d = fitted
-    cfg_path, meta_path = bundle / "config.json", bundle / "metadata.json"
-    cfg, meta = json.loads(cfg_path.read_text()), json.loads(meta_path.read_text())
-    cfg["format_version"] = "1.0"
-    del cfg["extra_files"]
-    del meta["fit"]
-    cfg_path.write_text(json.dumps(cfg))
-    meta_path.write_text(json.dumps(meta))
+    with _edited_json(bundle / "config.json") as cfg:
+        cfg["format_version"] = "1.0"
+        del cfg["extra_files"]
+    with _edited_json(bundle / "metadata.json") as meta:
+        del meta["fit"]
     loaded = load_bundle(bundle)
     np.testing.assert_array_equal(loaded.predict(d.X), reg.predict(d.X))
     assert loaded.best_epoch_ == reg.best_epoch_ and loaded.n_epochs_ == reg.n_epochs_

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -32,20 +31,18 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
+def test_help_imports_nothing_heavy():
+    # how long `--help` takes is measured by bench/bench_cli_help.py, not asserted here
     code = (
-        "import sys, time; t = time.perf_counter(); from brainage.cli import main\n"
+        "import sys; from brainage.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'ants', 'nilearn', 'monai', 'bids', 'pandas', 'dask') "
         "if m in sys.modules]\n"
-        "print('ELAPSED', time.perf_counter() - t, 'HEAVY', heavy)"
+        "print('HEAVY', heavy)"
     )
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
     assert "participant" in out.stdout and "simulate" in out.stdout
     assert "HEAVY []" in out.stdout
-    assert wall < 1.0, f"brainage --help took {wall:.2f} s"
 
 
 def test_version(capsys):

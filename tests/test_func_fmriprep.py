@@ -163,6 +163,7 @@ def test_fmriprep_func_only_runs_on_a_dataset_without_t1w(simulated, tmp_path, c
     assert "no T1w image found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_changed_fmriprep_files_make_the_functional_stage_run_again(simulated, tmp_path):
     """The fMRIPrep files a run reads are part of the functional stage's fingerprint."""
     from brainage.bids import discover_inputs

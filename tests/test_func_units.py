@@ -171,6 +171,7 @@ def moving_head():
     return img, truth
 
 
+@pytest.mark.slow
 def test_motion_estimates_match_the_known_motion(moving_head, tmp_path):
     img, truth = moving_head
     result = estimate_motion(img, reference_index=0, iterations=20, work_dir=tmp_path)
@@ -196,6 +197,7 @@ def test_motion_estimates_match_the_known_motion(moving_head, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_motion_is_reproducible_and_parallel_chains_agree(moving_head, tmp_path):
     """A fixed ANTs seed gives the same estimates on a rerun; 2 worker chains match 1."""
     img, _ = moving_head

@@ -46,22 +46,24 @@ def _z(dev, feature):
     return dev.loc[dev["feature"] == feature, "z"].to_numpy()
 
 
-def test_controls_z_is_the_externally_studentized_residual():
+@pytest.fixture
+def deviations():
+    """The default cohort, its deviations, the control mask and the statsmodels design."""
     parts, features = _cohort()
     dev = normative_deviations(parts, features)
-    ctrl = parts["is_control"].to_numpy()
-    X = _statsmodels_design(parts)
+    return features, dev, parts["is_control"].to_numpy(), _statsmodels_design(parts)
+
+
+def test_controls_z_is_the_externally_studentized_residual(deviations):
+    features, dev, ctrl, X = deviations
     for feature in features:
         fit = sm.OLS(features[feature].to_numpy()[ctrl], X[ctrl]).fit()
         expected = OLSInfluence(fit).resid_studentized_external
         np.testing.assert_allclose(_z(dev, feature)[ctrl], expected, rtol=1e-8, atol=1e-10)
 
 
-def test_patients_z_is_the_prediction_error_over_its_standard_error():
-    parts, features = _cohort()
-    dev = normative_deviations(parts, features)
-    ctrl = parts["is_control"].to_numpy()
-    X = _statsmodels_design(parts)
+def test_patients_z_is_the_prediction_error_over_its_standard_error(deviations):
+    features, dev, ctrl, X = deviations
     for feature in features:
         y = features[feature].to_numpy()
         fit = sm.OLS(y[ctrl], X[ctrl]).fit()

@@ -81,6 +81,13 @@ def write_cohort(root, *, n=42, seed=0, sites=("siteA", "siteB"), regions=REGION
     return bids, deriv
 
 
+def train_group(bids, deriv, config_text, *, name="group.yaml"):
+    """Write ``config_text`` beside ``bids`` and run ``group --train --no-report``; the exit code."""
+    config = bids.parent / name
+    config.write_text(config_text)
+    return main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     import torch
@@ -88,10 +95,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("train")
     bids, deriv = write_cohort(root)
-    config = root / "group.yaml"
-    config.write_text(CONFIG)
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
-    return code, bids, deriv
+    return train_group(bids, deriv, CONFIG), bids, deriv
 
 
 def test_train_writes_every_output(trained):

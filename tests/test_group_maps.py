@@ -17,7 +17,7 @@ from brainage.bids import TEMPLATE_SPACE, derivative_path
 from brainage.cli import main
 from brainage.outputs import output_entities
 
-from .test_group_level import write_cohort
+from .test_group_level import train_group, write_cohort
 
 SHAPE = (12, 14, 12)
 CONFIG = """\
@@ -64,10 +64,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
     bids, deriv = write_cohort(root, n=30)
     write_maps(bids, deriv)
-    config = root / "maps.yaml"
-    config.write_text(CONFIG)
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
-    return code, bids, deriv
+    return train_group(bids, deriv, CONFIG, name="maps.yaml"), bids, deriv
 
 
 def test_cnn_models_train_on_maps_out_of_fold(trained):

@@ -70,14 +70,32 @@ def test_int16_scaling_and_anisotropic_and_oblique(tmp_path, rng):
 
 def test_bold_4d_accepted_with_ndim_4(tmp_path, rng):
     data = rng.normal(size=(32, 32, 30, 6)).astype(np.float32)
-    path = _save(tmp_path / "bold.nii.gz", data, np.diag([3.0, 3.0, 3.0, 1.0]))
-    img = load_checked(path, ndim=4, role="bold")
+    las = np.diag([-3.0, 3.0, 3.0, 1.0])
+    las[:3, 3] = [40.0, -50.0, -30.0]
+    bold = nib.Nifti1Image(data, las)
+    bold.header.set_zooms((3.0, 3.0, 3.0, 2.5))  # TR 2.5 s
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    img = load_checked(tmp_path / "bold.nii.gz", ndim=4, role="bold")
     assert img.shape == (32, 32, 30, 6)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    assert img.get_data_dtype() == np.float32
+    # the first (left-pointing) axis is flipped, volumes stay in time order, values unchanged
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data[::-1])
+    np.testing.assert_allclose(img.header.get_zooms(), (3.0, 3.0, 3.0, 2.5))
+    # the same world point: voxel (0, j, k) of the LAS file is voxel (31, j, k) now
+    np.testing.assert_allclose(nib.affines.apply_affine(img.affine, [31, 4, 5]),
+                               nib.affines.apply_affine(las, [0, 4, 5]))
 
 
 def test_single_volume_4d_counts_as_3d(tmp_path, rng):
-    path = _save(tmp_path / "t1.nii.gz", _head(rng)[..., None])
-    assert load_checked(path).shape == SHAPE
+    data = _head(rng)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-50.0, -60.0, -40.0]
+    path = _save(tmp_path / "t1.nii.gz", data[..., None], affine)
+    img = load_checked(path)
+    assert img.shape == SHAPE
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data)
+    np.testing.assert_array_equal(img.affine, affine)
 
 
 def _bad(tmp_path, rng, kind):

@@ -224,17 +224,13 @@ def test_group_switch_off(cohort, tmp_path, caplog):
 
 
 def test_train_group_lists_the_atlas_pid_in_its_provenance(tmp_path):
-    from brainage.cli import main
-
-    from .test_group_level import write_cohort
+    from .test_group_level import train_group, write_cohort
 
     bids, deriv = write_cohort(tmp_path, n=30)
-    config = tmp_path / "group.yaml"
-    config.write_text("name: t\ngroup:\n  inputs:\n    anat: {kind: regional, atlas: HarvardOxford}\n"
-                      "    func: {kind: connectivity, atlas: HarvardOxford}\n"
-                      "  models: [ridge]\n  primary_model: ridge\n  attributions: false\n"
-                      "  cv: {n_splits: 3, inner_splits: 3}\n")
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
+    code = train_group(bids, deriv, "name: t\ngroup:\n  inputs:\n    anat: {kind: regional, atlas: HarvardOxford}\n"
+                       "    func: {kind: connectivity, atlas: HarvardOxford}\n"
+                       "  models: [ridge]\n  primary_model: ridge\n  attributions: false\n"
+                       "  cv: {n_splits: 3, inner_splits: 3}\n")
     assert code == 0
     record = json.loads((deriv / "group" / "provenance.json").read_text())
     assert {"regions_pid", "regions_pid_U_struct", "regions_pid_S"} <= set(record["files"])

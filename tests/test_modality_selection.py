@@ -259,9 +259,8 @@ group:
 def trained(tmp_path_factory):
     import torch
 
-    from brainage.cli import main
     from brainage.io import atomic_write_json
-    from tests.test_group_level import write_cohort
+    from tests.test_group_level import train_group, write_cohort
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("selection")
@@ -273,10 +272,7 @@ def trained(tmp_path_factory):
             atomic_write_json(record_path(deriv, label, stage),
                               {"subject": label, "stage": stage, "status": "done", "seconds": seconds,
                                "timings": {"load": 0.1}, "upstream": upstream})
-    config = root / "group.yaml"
-    config.write_text(CONFIG)
-    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
-    return code, deriv
+    return train_group(bids, deriv, CONFIG), deriv
 
 
 def test_metrics_json_of_a_training_run_has_the_table(trained):

@@ -133,6 +133,7 @@ def test_excluded_is_recorded_not_failed(three, tmp_path):
     assert json.loads(record_path(out, "01", "anat").read_text())["status"] == "excluded"
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_two_workers(three, tmp_path):
     from distributed import LocalCluster
 

@@ -124,12 +124,15 @@ def test_motion_starts_at_zero_and_has_spikes():
 
 
 # --------------------------------------------------------------------------- the dataset
+# Simulating this three-participant cohort takes about 30 s: the tests that read it are
+# marked slow (`pytest -m "not slow"` leaves them out; `make test` runs them).
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim") / "ds"
     return simulate_cohort(root, n_subjects=3, seed=7, preset="test", **TINY)
 
 
+@pytest.mark.slow
 def test_dataset_has_bids_files_and_participants(dataset):
     table = pd.read_csv(dataset / "participants.tsv", sep="\t")
     assert list(table.columns) == ["participant_id", "age", "sex", "site", "group"]
@@ -145,6 +148,7 @@ def test_dataset_has_bids_files_and_participants(dataset):
     assert sidecar["TaskName"] == "rest"
 
 
+@pytest.mark.slow
 def test_images_declare_mm_and_seconds(dataset):
     anat = dataset / TRUTH / "sub-01/anat"
     paths = [
@@ -176,6 +180,7 @@ def test_deformation_is_the_same_on_the_grid_and_at_points():
     assert 0.5 < float(np.std(exact)) < 4.0
 
 
+@pytest.mark.slow
 def test_t1_has_head_around_brain_and_tissue_contrast(dataset):
     t1 = np.asarray(nib.load(dataset / "sub-01/anat/sub-01_T1w.nii.gz").dataobj, float)
     # Skull-and-scalp voxels exist outside the brain: the volume is not brain-extracted.
@@ -184,6 +189,7 @@ def test_t1_has_head_around_brain_and_tissue_contrast(dataset):
     assert np.median(t1[:3, :3, :3]) < 60 < np.percentile(t1, 90)
 
 
+@pytest.mark.slow
 def test_truth_files_mirror_pipeline_names(dataset):
     truth = dataset / TRUTH / "sub-01"
     gm = nib.load(truth / "anat/sub-01_space-MNI152NLin2009aSym_res-2_label-GM_probseg.nii.gz")
@@ -213,6 +219,7 @@ def test_truth_files_mirror_pipeline_names(dataset):
     assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cohort_truth_has_pid_oracle_and_latents(dataset):
     truth = json.loads((dataset / TRUTH / "truth.json").read_text())
     assert set(truth["pid_bits"]) >= {"U1", "U2", "R", "S"}
@@ -265,6 +272,7 @@ def _validator() -> str:
     )
 
 
+@pytest.mark.slow
 def test_bids_validator_reports_no_errors(dataset):
     proc = subprocess.run([_validator(), str(dataset), "--json"], capture_output=True,
                           text=True, timeout=300)
@@ -274,14 +282,10 @@ def test_bids_validator_reports_no_errors(dataset):
     assert report["summary"]["subjects"] == ["01", "02", "03"]
 
 
-def test_structural_aging_loses_gm_regionally_and_grows_ventricles():
-    from brainage.simulate import aging, anatomy
+def test_structural_aging_loses_gm_regionally_and_grows_ventricles(aged_test_anatomy):
+    from brainage.simulate import anatomy
 
-    params = resolve_params("test")
-    tpl = anatomy.load_templates(3.0, params.atlas, params.regional_weights)
-    flat = np.zeros(tpl.shape, np.float32)
-    young = aging.aged_tissues(tpl, 20.0, params, flat)
-    old = aging.aged_tissues(tpl, 80.0, params, flat)
+    _, tpl, young, old = aged_test_anatomy
     assert old["gm"].sum() < 0.9 * young["gm"].sum()
     assert old["ventricles"].sum() > 1.5 * young["ventricles"].sum()
     assert np.allclose(old["gm"] + old["wm"] + old["csf"], tpl.mask, atol=1e-5)

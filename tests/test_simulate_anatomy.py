@@ -2,16 +2,9 @@
 
 import numpy as np
 
-from brainage.simulate import aging, anatomy
-from brainage.simulate.params import resolve_params
 
-
-def test_grey_matter_is_lost_from_the_side_that_faces_csf():
-    params = resolve_params("test")
-    tpl = anatomy.load_templates(3.0, params.atlas, params.regional_weights)
-    flat = np.zeros(tpl.shape, np.float32)
-    young = aging.aged_tissues(tpl, 20.0, params, flat)
-    old = aging.aged_tissues(tpl, 80.0, params, flat)
+def test_grey_matter_is_lost_from_the_side_that_faces_csf(aged_test_anatomy):
+    params, tpl, young, old = aged_test_anatomy
     gm = tpl.gm
     # exposure is scaled to a GM-weighted mean of 1, so the total loss keeps the
     # regional rate: 0.25 %/year x 60 years x weights >= 1, and less than the clip allows

@@ -88,6 +88,7 @@ def recovery(request):
     return case, reg, held, train.truth["m1|m2"]
 
 
+@pytest.mark.slow
 def test_default_preset_recovers_atoms_on_held_out_data(recovery):
     case, _, held, truth = recovery
     rel = {"R": 0.25} if case == "redundancy" else {}
@@ -99,6 +100,7 @@ def test_default_preset_recovers_atoms_on_held_out_data(recovery):
     assert not misses, f"{case}: atoms off target (estimate, truth): {misses}"
 
 
+@pytest.mark.slow
 def test_noise_modality_gets_small_weight(recovery):
     case, reg, _, _ = recovery
     if case == "noise_modality":
