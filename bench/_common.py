@@ -31,7 +31,7 @@ def machine_info() -> dict:
 
 def write_result(name: str, figures: dict) -> Path:
     """Write bench/results/<name>.json (machine info + figures) atomically."""
-    from brainage.io import atomic_write_json
+    from brainage.writing import atomic_write_json
 
     return atomic_write_json(RESULTS / f"{name}.json", {"benchmark": name, "machine": machine_info(),
                                                         **figures})

@@ -244,7 +244,7 @@ def _maxprob_labels(path: Path, threshold: float, offset: int):
     """Maximum-probability label image of a 4D probabilistic atlas (cached on disk)."""
     import nibabel as nib
 
-    from .io import save_nifti
+    from .writing import save_nifti
 
     stat = path.stat()
     key = hashlib.sha256(

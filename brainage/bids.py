@@ -522,7 +522,7 @@ def write_dataset_description(output_dir: str | Path, bids_dir: str | Path | Non
         The written file.
     """
     from . import __version__
-    from .io import atomic_write_json
+    from .writing import atomic_write_json
 
     output_dir = Path(output_dir)
     description = {

@@ -66,9 +66,9 @@ def run_demo(out_dir, *, n_subjects: int | None = None, seed: int = 0, nprocs: i
     """
     from .bids import discover_inputs, write_dataset_description
     from .config import dump_config, load_config
-    from .io import atomic_write_json
     from .parallel import run_participants
     from .stages import STAGES
+    from .writing import atomic_write_json
 
     out_dir = Path(out_dir).resolve()
     bids_dir = out_dir / "bids"

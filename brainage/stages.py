@@ -325,8 +325,8 @@ def execute_task(task: ParticipantTask) -> TaskResult:
     """
     from .config import PipelineConfig, dump_config
     from .console import route_library_output
-    from .io import atomic_write_json
     from .provenance import read_record, software_versions
+    from .writing import atomic_write_json
 
     _limit_threads(task.threads)
     output_dir = Path(task.output_dir)

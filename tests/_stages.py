@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.exceptions import InputFileError
-from brainage.io import atomic_write_tsv, save_nifti
+from brainage.writing import atomic_write_tsv, save_nifti
 
 
 def _note(ctx, stage):

@@ -259,7 +259,7 @@ group:
 def trained(tmp_path_factory):
     import torch
 
-    from brainage.io import atomic_write_json
+    from brainage.writing import atomic_write_json
     from tests.test_group_level import train_group, write_cohort
 
     torch.set_num_threads(1)

@@ -69,7 +69,7 @@ def write_structural_features(output_dir):
         The written file.
     """
     from ..bids import derivative_path
-    from ..io import atomic_path
+    from ..writing import atomic_path
 
     frame = collect_structural_features(output_dir)
     path = derivative_path(output_dir, datatype="group", desc="anat", suffix="features",

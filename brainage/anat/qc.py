@@ -99,7 +99,7 @@ def save_mosaic(t1_mni, mask_mni, gm_mni, path) -> None:
     import nibabel as nib
     from nilearn import plotting
 
-    from ..io import atomic_path
+    from ..writing import atomic_path
 
     gm_bin = nib.Nifti1Image((np.asarray(gm_mni.dataobj) > 0.5).astype(np.uint8), gm_mni.affine)
     # Grey levels from the brain's own intensity range, so that GM, WM and CSF stay

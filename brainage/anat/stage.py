@@ -189,8 +189,8 @@ def run(ctx) -> dict:
         ANTs failed or the registration is below the similarity threshold.
     """
     from ..imageio import load_checked
-    from ..io import atomic_write_json, atomic_write_tsv, save_nifti
     from ..templates import template
+    from ..writing import atomic_write_json, atomic_write_tsv, save_nifti
     from .pipeline import process_t1w
     from .qc import qc_metrics, save_mosaic
 

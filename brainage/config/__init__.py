@@ -447,7 +447,7 @@ def dump_config(config: PipelineConfig, path: str | Path) -> Path:
     """Write the effective configuration as YAML (atomically) and return its path."""
     import yaml
 
-    from ..io import atomic_write_text
+    from ..writing import atomic_write_text
 
     text = (
         "# Effective brainage configuration; pass back with --config-file to reproduce.\n"

@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from brainage.exceptions import ModelBundleError, UsageError
-from brainage.io import jsonable
 from brainage.provenance import sha256_file
+from brainage.writing import jsonable
 
 __all__ = [
     "FORMAT_NAME",

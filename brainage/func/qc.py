@@ -101,7 +101,7 @@ def carpet_plot(img, mask_img, tr: float, fd: np.ndarray, scrubbed: np.ndarray, 
     import matplotlib.pyplot as plt
     from nilearn.plotting import plot_carpet
 
-    from ..io import atomic_path
+    from ..writing import atomic_path
 
     fig = plt.figure(figsize=(10, 6))
     top = fig.add_axes([0.08, 0.72, 0.86, 0.22])

@@ -242,8 +242,8 @@ def _process_run(ctx, bold_run, ents) -> dict:
     """
     import nibabel as nib
 
-    from ..io import atomic_write_json, atomic_write_tsv, save_nifti
     from ..templates import mni_grid
+    from ..writing import atomic_write_json, atomic_write_tsv, save_nifti
 
     cfg = ctx.config.func
     template, tmask = mni_grid(cfg.output_resolution)
@@ -468,7 +468,7 @@ def _write_parcels(ctx, ents, atlas_id, img4d, mask_img, cleaning, dropped, n_vo
         The number of regions without signal (no brain voxel covered), left n/a.
     """
     from ..atlases import load_atlas
-    from ..io import atomic_write_tsv
+    from ..writing import atomic_write_tsv
     from .denoise import clean_signals
     from .features import connectivity, fisher_z, parcel_signals
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_json, atomic_write_tsv, jsonable
+from ..writing import atomic_write_json, atomic_write_tsv, jsonable
 
 __all__ = ["COLUMNS", "REGIONS_COLUMNS", "REGIONS_PID_COLUMNS", "REGION_PARTICIPANT_COLUMNS", "group_dir",
            "jsonable", "write_json", "write_table"]

@@ -259,7 +259,7 @@ def write_regions(out: Path, participants, attributions, *, seed: int = 0) -> di
 def _save_map(files: dict, out: Path, name: str, make_image) -> None:
     """Write ``out/<name>.nii.gz`` from ``make_image()`` and add it to ``files``; log and skip on failure."""
     from ..exceptions import AtlasError
-    from ..io import save_nifti
+    from ..writing import save_nifti
 
     try:
         image = make_image()

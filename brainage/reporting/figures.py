@@ -34,7 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..exceptions import ReportFigureError
-from ..io import atomic_path
+from ..writing import atomic_path
 
 #: defined in :mod:`brainage.reporting.brain_figures`, importable from here
 _BRAIN_FIGURES = ("participant_contributions", "participant_deviations", "participant_position",

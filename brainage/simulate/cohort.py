@@ -151,7 +151,7 @@ def _write_t1(out_dir: Path, sub: str, row: dict, site: int, tpl, ind: _Individu
     The tissues are on the model grid ``tpl``; the displacement is the deformation's
     dense field on that grid (for the native volumes).
     """
-    from ..io import save_nifti
+    from ..writing import save_nifti
     from . import aging, anatomy
 
     displacement, modulation = ind.deformation.dense(tpl.shape, tpl.affine)
@@ -178,7 +178,7 @@ def _write_tissue_truth(truth: Path, sub: str, tpl, tissues: dict, displacement,
     """
     import pandas as pd
 
-    from ..io import atomic_write_tsv, save_nifti
+    from ..writing import atomic_write_tsv, save_nifti
     from . import aging, anatomy
 
     anat = {"subject": sub, "datatype": "anat", "space": anatomy.SPACE, "res": str(TRUTH_RES),
@@ -216,7 +216,7 @@ def _write_tissue_truth(truth: Path, sub: str, tpl, tissues: dict, displacement,
 def _write_t1_transform_truth(truth: Path, sub: str, ind: _Individual,
                               params: SimulationParams) -> None:
     """Write the true T1w-to-MNI map: the deformation's control vectors and the pose JSON."""
-    from ..io import atomic_write_json, save_nifti
+    from ..writing import atomic_write_json, save_nifti
     from . import anatomy
 
     deformation, scale, t1_pose = ind.deformation, ind.scale, ind.t1_pose
@@ -253,7 +253,7 @@ def _write_bold(out_dir: Path, sub: str, row: dict, ind: _Individual,
     Anatomy at a fixed reference age, signals from the functional age. Random draws
     in order: parcel signals, head motion, then the image's own noise.
     """
-    from ..io import atomic_write_json, save_nifti
+    from ..writing import atomic_write_json, save_nifti
     from . import aging, anatomy, bold
 
     _, bold_res = _model_resolutions(params)
@@ -294,7 +294,7 @@ def _write_functional_truth(truth: Path, sub: str, row: dict, ind: _Individual,
     """
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_tsv
+    from ..writing import atomic_write_json, atomic_write_tsv
     from . import anatomy, bold
 
     func = {"subject": sub, "datatype": "func", "task": TASK}
@@ -383,7 +383,7 @@ def simulate_participant(out_dir, row: dict, index: int, params: SimulationParam
 
 def _write_top_level(out_dir: Path, cohort, params: SimulationParams) -> None:
     from .. import __version__
-    from ..io import atomic_write_json, atomic_write_text, atomic_write_tsv
+    from ..writing import atomic_write_json, atomic_write_text, atomic_write_tsv
 
     atomic_write_json(out_dir / "dataset_description.json", {
         "Name": "brainage simulated cohort",
@@ -490,7 +490,7 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
     """
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_tsv
+    from ..writing import atomic_write_json, atomic_write_tsv
     from . import anatomy
     from .latent import draw_cohort, oracle_mae, oracle_predict, true_pid
     from .regions import REGIONS_TRUTH_COLUMNS, regional_truth

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage.io import atomic_path, atomic_write_json, atomic_write_text, save_nifti
+from brainage.writing import atomic_path, atomic_write_json, atomic_write_text, save_nifti
 
 
 def test_failure_leaves_old_file_and_no_temp(tmp_path):
@@ -42,7 +42,7 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from brainage.io import _umask
+    from brainage.writing import _umask
 
     old = os.umask(0o022)
     try:
@@ -71,7 +71,7 @@ def test_umask_is_read_without_setting_it(monkeypatch):
     """Setting the umask to read it would race with files other threads create."""
     import os
 
-    from brainage.io import _umask
+    from brainage.writing import _umask
 
     old = os.umask(0o022)
     os.umask(old)
