@@ -66,7 +66,7 @@ demo: install
 	$(BIN)/brainage demo $(DEMO_DIR)
 
 test: install-test tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: install-test
 	$(BIN)/ruff check .
