@@ -54,6 +54,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brainage.estimators.bundle_checks import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    check_architecture_bounds,
+    check_state_shapes,
+)
+from brainage.estimators.bundle_checks import REEXPORT as _REEXPORT
 from brainage.exceptions import ModelBundleError, UsageError
 from brainage.provenance import sha256_file
 from brainage.writing import jsonable
@@ -76,7 +83,6 @@ _WEIGHTS, _CONFIG, _META = "model.safetensors", "config.json", "metadata.json"
 _EXTRA_JSON, _EXTRA_ARRAYS = "extra.json", "extra.safetensors"
 _FILES = (_WEIGHTS, _CONFIG, _META, _EXTRA_JSON, _EXTRA_ARRAYS)
 _NEURAL = ("PIDRegressor", "BaselineRegressor")
-_REEXPORT = "re-export the model with save_bundle() (estimator.save())"
 _RECOPY = "copy the bundle again from its source"
 
 
@@ -513,75 +519,6 @@ def load_bundle(path):
         ) from err
 
 
-#: Bounds on what a bundle's config.json may ask the loader to build. They are far above
-#: any network brainage trains (a few layers of at most a few hundred units or channels)
-#: and keep a crafted config from making the loader loop or allocate without end.
-MAX_LAYERS = 64
-MAX_WIDTH = 1 << 16
-
-
-def _check_architecture_bounds(cfg_path: Path, config, encoder_specs: dict) -> None:
-    """Refuse architecture numbers outside :data:`MAX_LAYERS` and :data:`MAX_WIDTH`."""
-
-    def sizes(value):
-        if isinstance(value, bool) or value is None:
-            return []
-        if isinstance(value, int):
-            return [value]
-        if isinstance(value, list | tuple):
-            if len(value) > MAX_LAYERS:
-                raise ModelBundleError(
-                    cfg_path, f"asks for {len(value)} layers (at most {MAX_LAYERS} are loaded)",
-                    _REEXPORT,
-                )
-            return [v for item in value for v in sizes(item)]
-        return []
-
-    numbers = [*sizes(config.latent_dim), *sizes(list(config.hidden))]
-    for spec in encoder_specs.values():
-        numbers += [v for key, item in spec.items() if key != "kind" for v in sizes(item)]
-    bad = [v for v in numbers if not 0 <= v <= MAX_WIDTH]
-    if bad:
-        raise ModelBundleError(
-            cfg_path, f"asks for a layer size of {bad[0]} (sizes from 0 to {MAX_WIDTH} are loaded)",
-            _REEXPORT,
-        )
-
-
-def _check_state_shapes(skeleton, state: dict, weights: Path) -> None:
-    """Compare the stored tensors with the architecture's, before anything is built for real.
-
-    The skeleton lives on PyTorch's ``meta`` device (shapes, no memory). Once every
-    stored tensor matches a parameter or buffer of the architecture and none is
-    missing, building the network allocates what the weights file holds, plus the
-    few non-persistent buffers, which are bounded here too.
-    """
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing (first: {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensor(s) the architecture lacks (first: {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        problems.append(f"{len(wrong)} tensor(s) of the wrong shape (first: {k} is "
-                        f"{list(state[k].shape)}, the architecture needs {list(expected[k])})")
-    if problems:
-        raise ModelBundleError(
-            weights, f"does not fit the architecture in config.json: {'; '.join(problems)}", _REEXPORT,
-        )
-    stored = sum(v.numel() for v in state.values())
-    extra = sum(b.numel() for name, b in skeleton.named_buffers() if name not in expected)
-    if extra > max(stored, 1 << 20):
-        raise ModelBundleError(
-            weights, f"comes with an architecture that needs {extra} values beyond the stored "
-            f"weights ({stored})", _REEXPORT,
-        )
-
-
 def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, weights: Path):
     from brainage.models.presets import PIDRegConfig
 
@@ -592,7 +529,7 @@ def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, w
         est.encoder_specs_ = {m: dict(cfg["encoder_specs"][m]) for m in est.modalities_}
         est.input_shapes_ = {m: list(cfg["input_shapes"][m]) for m in est.modalities_}
         est.y_mean_, est.y_scale_ = float(cfg["y_mean"]), float(cfg["y_scale"])
-        _check_architecture_bounds(cfg_path, config, est.encoder_specs_)
+        check_architecture_bounds(cfg_path, config, est.encoder_specs_)
         import torch
 
         with torch.device("meta"):  # shapes only: nothing is allocated
@@ -600,7 +537,7 @@ def _restore_neural(est, cfg: dict, meta: dict, tensors: dict, cfg_path: Path, w
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelBundleError(cfg_path, f"describes an invalid model ({err})", _REEXPORT) from err
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    _check_state_shapes(skeleton, state, weights)
+    check_state_shapes(skeleton, state, weights)
     model = est._build_model(config, est.encoder_specs_)
     try:
         model.load_state_dict(state, strict=True)
