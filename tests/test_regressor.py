@@ -224,3 +224,16 @@ def test_pid_that_cannot_be_estimated_is_an_explicit_state(tmp_path):
     big = make_pid_dataset("redundancy", 300, n_features=6, seed=0)
     fitted = PIDRegressor(**SMALL, random_state=0).fit(big.X, big.y)
     assert fitted.pid_unavailable_ == {} and set(fitted.pid_) == {"m1|m2"}
+
+
+def test_baselines_share_the_neural_base_and_are_not_pidregressors():
+    # a baseline is not a PIDRegressor with features switched off: it has no PID attributes or
+    # pid_score, and isinstance checks for PIDReg models need no special case for it
+    from brainage.estimators.neural import NeuralRegressor
+
+    d = make_pid_dataset("redundancy", 120, n_features=6, seed=0)
+    base = BaselineRegressor(kind="late", **dict(SMALL, max_epochs=2)).fit(d.X, d.y)
+    assert isinstance(base, NeuralRegressor) and not isinstance(base, PIDRegressor)
+    assert not hasattr(base, "pid_score") and not hasattr(base, "pid_") and not hasattr(base, "gaussianity_")
+    assert issubclass(PIDRegressor, NeuralRegressor)
+    assert set(BaselineRegressor().get_params()) == set(PIDRegressor().get_params()) | {"kind", "modality"}

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from brainage.estimators.regressor import PIDRegressor
+from brainage.estimators.neural import NeuralRegressor
 from brainage.exceptions import UsageError
 
 __all__ = ["KINDS", "BaselineRegressor"]
@@ -27,7 +27,7 @@ __all__ = ["KINDS", "BaselineRegressor"]
 KINDS = ("unimodal", "early", "late")
 
 
-class BaselineRegressor(PIDRegressor):
+class BaselineRegressor(NeuralRegressor):
     """Unimodal, early- or late-fusion regressor with PIDReg's encoders and training loop.
 
     Parameters
@@ -37,8 +37,14 @@ class BaselineRegressor(PIDRegressor):
     modality : str, optional
         The modality used by ``kind="unimodal"``.
     preset, latent_dim, hidden, max_epochs, batch_size, lr, settings, encoders, random_state, device
-        As in :class:`~brainage.estimators.regressor.PIDRegressor`; the regularizer and
-        PID settings are ignored.
+        As in :class:`~brainage.estimators.neural.NeuralRegressor`; the preset's regularizer
+        and PID settings do not apply (the network has no bottleneck, PID or fusion weights).
+
+    Attributes
+    ----------
+    modalities_, config_, model_, history_, best_epoch_, n_epochs_, training_summary_
+        As in :class:`~brainage.estimators.regressor.PIDRegressor`; there are no PID
+        attributes (``pid_``, ``fusion_weights_`` …) and no ``pid_score``.
 
     Examples
     --------
@@ -120,21 +126,3 @@ class BaselineRegressor(PIDRegressor):
             early = None
         return FusionBaselineNet(encs, latent_dim=config.latent_dim, hidden=config.hidden,
                                  dropout=config.dropout, early_inputs=early)
-
-    def _set_fitted_from(self, result) -> None:
-        self.history_ = [
-            {k: e[k] for k in ("epoch", "stage", "train_loss", "val_loss", "lr", "seconds")}
-            for e in result.history
-        ]
-        self.best_epoch_ = result.best_epoch
-        self.n_epochs_ = len(result.history)
-
-    def _gaussianity(self, data, idx) -> dict:
-        return {}
-
-    def _final_pid(self, data, idx, y_pid) -> dict:
-        return {}
-
-    def pid_score(self, X, y, **kwargs):
-        """Not available: baselines have no PID (raises)."""
-        raise UsageError("Baselines have no PID; use PIDRegressor.pid_score.")

@@ -226,10 +226,9 @@ def predict_by_modality(estimator, X: Mapping) -> dict[str, np.ndarray]:
         their training means); ``{}`` for the models that need all their inputs
         (early and late fusion, unimodal baselines, ridge, GPR).
     """
-    from brainage.estimators.baselines import BaselineRegressor
     from brainage.estimators.regressor import PIDRegressor
 
-    if not isinstance(estimator, PIDRegressor) or isinstance(estimator, BaselineRegressor):
+    if not isinstance(estimator, PIDRegressor):
         return {}
     return {m: np.asarray(estimator.predict({m: X[m]}, modalities=[m]), dtype=float)
             for m in estimator.modalities_}

@@ -200,11 +200,10 @@ def fit_line(est) -> str:
 
 def _contributions(est, X_target, age_target, X_train, y_train) -> pd.DataFrame | None:
     """Out-of-fold contributions of a PIDReg fold model (None for the other models)."""
-    from ..estimators.baselines import BaselineRegressor
     from ..estimators.regressor import PIDRegressor
     from ..interpret.contributions import fusion_shapley, local_information
 
-    if not isinstance(est, PIDRegressor) or isinstance(est, BaselineRegressor):
+    if not isinstance(est, PIDRegressor):
         return None
     shap = fusion_shapley(est, X_target).drop(columns=["predicted_age"])
     info = local_information(est, X_target, age_target, reference_latents=est.transform(X_train),

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from brainage.estimators.baselines import BaselineRegressor
 from brainage.estimators.regressor import PIDRegressor
 from brainage.exceptions import UsageError
 from brainage.pid import inverse_normal_transform
@@ -160,7 +159,7 @@ def _check_n_players(k: int, max_players: int = MAX_PLAYERS) -> None:
 
 def _check_pidreg(estimator) -> None:
     """Refuse anything but a fitted PIDRegressor (baselines have no PIDReg fusion)."""
-    if isinstance(estimator, BaselineRegressor) or not isinstance(estimator, PIDRegressor):
+    if not isinstance(estimator, PIDRegressor):
         raise UsageError(
             f"Per-participant contributions need a fitted PIDRegressor, got "
             f"{type(estimator).__name__}: baselines (unimodal, early, late fusion) and "

@@ -232,10 +232,9 @@ def subset_inference(estimator, transforms, cohort, keys, modalities, cache=None
         ``{"predictions": DataFrame (index keys, one column per subset key), "seconds":
         {subset key: seconds}, "n": len(keys)}``.
     """
-    from brainage.estimators.baselines import BaselineRegressor
     from brainage.estimators.regressor import PIDRegressor
 
-    if not isinstance(estimator, PIDRegressor) or isinstance(estimator, BaselineRegressor):
+    if not isinstance(estimator, PIDRegressor):
         return None
     keys = list(keys)
     preds, seconds = {}, {}
