@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bids import TEMPLATE_SPACE
 from ..exceptions import NotAvailableError, ProcessingError
 
 logger = logging.getLogger(__name__)
@@ -35,9 +34,6 @@ __all__ = [
     "rigid_matrix",
 ]
 
-#: Template-space name of every MNI output (the grid of nilearn's templates): the one the
-#: derivatives use.
-SPACE = TEMPLATE_SPACE
 #: Padding of the model grid around the template grid (mm).
 PAD_MM = 8.0
 #: Smoothing (mm) of the CSF side that grey-matter loss comes from (cortical thinning).

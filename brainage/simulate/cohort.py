@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bids import TEMPLATE_SPACE
 from ..exceptions import UsageError
 from .params import SimulationParams, resolve_params
 
@@ -179,9 +180,9 @@ def _write_tissue_truth(truth: Path, sub: str, tpl, tissues: dict, displacement,
     import pandas as pd
 
     from ..writing import atomic_write_tsv, save_nifti
-    from . import aging, anatomy
+    from . import aging
 
-    anat = {"subject": sub, "datatype": "anat", "space": anatomy.SPACE, "res": str(TRUTH_RES),
+    anat = {"subject": sub, "datatype": "anat", "space": TEMPLATE_SPACE, "res": str(TRUTH_RES),
             "extension": ".nii.gz"}
     brain = 0.0
     for label, key in (("GM", "gm"), ("WM", "wm"), ("CSF", "csf")):
@@ -217,16 +218,15 @@ def _write_t1_transform_truth(truth: Path, sub: str, ind: _Individual,
                               params: SimulationParams) -> None:
     """Write the true T1w-to-MNI map: the deformation's control vectors and the pose JSON."""
     from ..writing import atomic_write_json, save_nifti
-    from . import anatomy
 
     deformation, scale, t1_pose = ind.deformation, ind.scale, ind.t1_pose
     control = deformation.coefficients[:3].transpose(1, 2, 3, 0)[:, :, :, None, :]
     deformation_path = _path(truth, subject=sub, datatype="anat", from_="T1w",
-                             to=anatomy.SPACE, desc="deformation", suffix="xfm",
+                             to=TEMPLATE_SPACE, desc="deformation", suffix="xfm",
                              extension=".nii.gz")
     save_nifti(_nifti(control.astype(np.float32), deformation.affine), deformation_path)
     atomic_write_json(
-        _path(truth, subject=sub, datatype="anat", from_="T1w", to=anatomy.SPACE,
+        _path(truth, subject=sub, datatype="anat", from_="T1w", to=TEMPLATE_SPACE,
               mode="image", suffix="xfm", extension=".json"),
         {
             "Description": (
@@ -295,7 +295,7 @@ def _write_functional_truth(truth: Path, sub: str, row: dict, ind: _Individual,
     import pandas as pd
 
     from ..writing import atomic_write_json, atomic_write_tsv
-    from . import anatomy, bold
+    from . import bold
 
     func = {"subject": sub, "datatype": "func", "task": TASK}
     coupling = bold.couplings(row["functional_age"], params)
@@ -312,7 +312,7 @@ def _write_functional_truth(truth: Path, sub: str, row: dict, ind: _Individual,
     atomic_write_tsv(_path(truth, desc="motion", suffix="timeseries", extension=".tsv", **func),
                      moves.round(8))
     atomic_write_json(
-        _path(truth, from_="bold", to=anatomy.SPACE, mode="image", suffix="xfm",
+        _path(truth, from_="bold", to=TEMPLATE_SPACE, mode="image", suffix="xfm",
               extension=".json", **func),
         {
             "Description": (
@@ -549,7 +549,7 @@ def simulate_cohort(out_dir, *, n_subjects: int | None = None, seed: int = 0,
             "on this cohort's controls (oracle_mae_sample_controls_years)."
         ),
         **_patient_truth(cohort, params),
-        "space": anatomy.SPACE,
+        "space": TEMPLATE_SPACE,
         "truth_resolution_mm": TRUTH_RES,
         "atlas": params.atlas,
         "parameters": params.to_dict(),
