@@ -2,7 +2,7 @@
 
 For a target ``y`` and two sources ``Z1`` and ``Z2`` that are jointly Gaussian,
 the mutual information the sources carry about the target splits into four
-non-negative atoms (Williams & Beer 2010):
+atoms (Williams & Beer 2010), non-negative in the population:
 
 * ``U1``: unique to ``Z1``;  ``U2``: unique to ``Z2``;
 * ``R``: redundant (carried by either source alone);
@@ -19,7 +19,10 @@ Phys. Rev. E 91:052802), which has a closed form::
 
 :func:`gaussian_pid` and :func:`gaussian_pid_from_cov` compute it, with the
 finite-sample bias correction of Cai et al. (J. Multivariate Anal. 2015) and
-bootstrap confidence intervals. :func:`brainage.pid_general.gaussian_pid_general` solves the general ~G-PID
+bootstrap confidence intervals. The bias-corrected estimates are not clipped: a
+unique or synergistic atom near zero can come out slightly negative on a finite
+sample (``docs/pid.md``), which says "indistinguishable from zero", not "less than
+none". :func:`brainage.pid_general.gaussian_pid_general` solves the general ~G-PID
 (vector targets) iteratively; it is the cross-check of the closed form and the
 baseline of ``bench/bench_pid.py``.
 
