@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .exceptions import ModelBundleError, UsageError
+from .exceptions import UsageError
 
 __all__ = ["group_summary", "run_group", "run_reports"]
 
@@ -61,17 +61,18 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
     Raises
     ------
     UsageError
-        Unusable cohort, mismatched or corrupt bundle (exit code 2).
+        No OUTPUT_DIR (exit code 2).
+    ModelBundleError
+        A corrupt, foreign or incompatible bundle (exit code 3).
+    GroupLevelError
+        A cohort the group level cannot use, or one that does not match the bundle (exit code 4).
     """
     if not Path(output_dir).is_dir():
         raise UsageError(f"OUTPUT_DIR {output_dir} does not exist; run the participant level first")
     if model is not None:
         from .group.apply import apply_bundle
 
-        try:
-            outputs = apply_bundle(bids_dir, output_dir, model, device=device)
-        except ModelBundleError as exc:
-            raise UsageError(str(exc)) from None
+        outputs = apply_bundle(bids_dir, output_dir, model, device=device)
     else:
         from .group.train import train_group
 

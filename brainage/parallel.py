@@ -222,11 +222,25 @@ class _LocalBackend:
             self._pool.shutdown(cancel_futures=True)
 
 
+#: How long to try to reach a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT = "30s"
+
+
 class _DaskBackend:
     def __init__(self, address: str, retries: int):
         from distributed import Client
 
-        self.client = Client(address, timeout="30s")
+        from .exceptions import UsageError
+
+        try:
+            self.client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at {address} within {DASK_CONNECT_TIMEOUT} "
+                f"({' '.join(str(exc).split()) or type(exc).__name__}); start the scheduler and its "
+                "workers first (README, 'On a Dask or SLURM cluster') and pass the address it "
+                "prints, or leave out --scheduler-address to run on this machine; nothing was run"
+            ) from None
         self.retries = retries
         self.capacity = 1_000_000  # the scheduler queues and balances
 

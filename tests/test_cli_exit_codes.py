@@ -149,3 +149,16 @@ def test_help_lists_the_exit_codes(capsys):
     assert "exit codes:" in out
     for code, meaning in EXIT_CODES.items():
         assert f"{code:>3}  {meaning[:30]}" in out
+
+
+def test_2_unreachable_dask_scheduler(bids_factory, tmp_path, capsys, monkeypatch):
+    # nothing listens on port 9 of this machine: a clear usage error, not an internal error (70)
+    import brainage.parallel
+
+    monkeypatch.setattr(brainage.parallel, "DASK_CONNECT_TIMEOUT", "2s")
+    code, _, err = _run(capsys, bids_factory(), tmp_path / "out", "participant", "--modalities", "anat",
+                        "--scheduler-address", "tcp://127.0.0.1:9")
+    assert code == 2
+    line = _one_error_line(err)
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in line and "nothing was run" in line
+    assert not list((tmp_path / "out").glob("sub-*/anat/*"))
