@@ -147,6 +147,9 @@ def test_bundle_predicts_a_new_cohort(trained, tmp_path):
     assert trained_digest.startswith("sha256:")
     assert metrics["applied_bundle"]["digest"] == trained_digest
     assert json.loads((deriv2 / "group" / "applied.json").read_text())["bundle_digest"] == trained_digest
+    # the atlas PID of the new cohort's own controls, as a training run writes it for its cohort
+    regions_pid = pd.read_csv(deriv2 / "group" / "regions_pid.tsv", sep="\t")
+    assert len(regions_pid) > 0 and {"U_struct", "U_func", "R", "S"} <= set(regions_pid.columns)
     assert np.isfinite(metrics["models"]["pidreg"]["controls"]["uncorrected"]["mae"])
     # the reports of an applied bundle: one page per participant, said to come from a bundle
     report = (deriv2 / "reports" / "cohort.html").read_text()
@@ -163,7 +166,7 @@ def test_bundle_refuses_other_features(trained, tmp_path, capsys):
     assert "1 feature(s) of the bundle are missing (HarvardOxford_5)" in err
 
 
-def test_corrupt_bundle_is_a_usage_error(trained, tmp_path, capsys):
+def test_corrupt_bundle_ends_with_the_bundle_exit_code(trained, tmp_path, capsys):
     import shutil
 
     _, _, deriv = trained

@@ -6,7 +6,10 @@ of reduced inputs), the age-bias correction and the exact input
 specification (modalities, kinds, atlases, resolutions, feature names). The
 new cohort's derivatives must provide exactly those inputs
 (:func:`brainage.cohort.data.load_cohort` with ``spec=``), or the run stops
-with exit code 2 and says what differs.
+with exit code 4 (:class:`~brainage.exceptions.GroupLevelError`) and says what
+differs. Besides the predictions, gaps and group statistics, an application
+writes the atlas PID of the new cohort's own controls (``regions_pid.tsv``,
+when its inputs pair a regional and a connectivity input on one atlas).
 
 Sites the bundle's ComBat has not seen are refused: harmonizing them would
 need ComBat parameters for a site without any of its participants in the
@@ -29,7 +32,7 @@ from ..exceptions import GroupLevelError, ModelBundleError
 from .cv import ModelRun
 from .outputs import group_dir, write_json
 from .summary import predictions_table
-from .train import BUNDLE_KIND, GroupOutputs, headline_metrics, write_common
+from .train import BUNDLE_KIND, GroupOutputs, headline_metrics, write_common, write_regions_pid
 from .transforms import FeatureTransforms
 
 logger = logging.getLogger(__name__)
@@ -131,6 +134,9 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
                            "trained_on": extra.get("trained_on"),
                            "corrections": table["correction"].value_counts().to_dict()},
     })
+    # The atlas PID describes this cohort's own controls (nothing of the bundle is used), as a
+    # training run describes its cohort.
+    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed))
     files["applied"] = write_json({"bundle": str(Path(bundle).resolve()),
                                    "bundle_digest": bundle_digest(bundle), "model": name,
                                    "n_predicted": len(keys),
