@@ -125,3 +125,20 @@ def test_low_pass_above_nyquist_is_refused_before_any_participant_runs(bids_fact
     # anat alone does not filter anything: not checked
     assert main([str(bids), str(out), "participant", "--config-file", str(config),
                  "--modalities", "anat"]) == 0
+
+
+def test_a_maps_input_may_name_the_atlas_of_its_attributions():
+    from brainage.cohort.spec import input_spec
+
+    maps = {"kind": "maps", "maps": ["falff"], "resolution": 4.0}
+    cfg = parse_config({"group": {"inputs": {"anat": {"kind": "regional", "atlas": "HarvardOxford"},
+                                             "func": {**maps, "atlas": "AAL"}}}})
+    func = cfg.group.inputs["func"]
+    assert func.atlas == "AAL" and input_spec(func)["atlas"] == "AAL"
+    # without it: no atlas in the dumped config or the bundle's spec (older bundles compare equal)
+    plain = parse_config({"group": {"inputs": {"anat": {"kind": "regional", "atlas": "HarvardOxford"},
+                                              "func": maps}}}).group.inputs["func"]
+    assert "atlas" not in plain.model_dump(mode="json") and "atlas" not in input_spec(plain)
+    with pytest.raises(ConfigError, match=r"group\.inputs\.func\.atlas: atlas 'Power2011' is a set of "
+                                          r"coordinates; map attributions need a volume atlas"):
+        parse_config({"group": {"inputs": {"func": {**maps, "atlas": "Power2011"}}}}, source="my.yaml")

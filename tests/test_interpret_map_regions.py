@@ -192,3 +192,14 @@ def test_cross_validated_map_attributions_feed_the_region_tables(cv_run):
     assert set(table["level"]) == {"region", "lobe"} and table["attribution"].notna().all()
     assert (table["n"] == int(cohort.participants["is_control"].sum())).all()
     assert attribution_image(table, "func") is not None
+
+
+def test_the_input_atlas_key_chooses_the_regions(tmp_path):
+    import dataclasses
+
+    cohort = _cohort(tmp_path, n=12)
+    func = cohort.inputs["func"]
+    cohort.inputs["func"] = dataclasses.replace(func, spec={**func.spec, "atlas": "AAL"})
+    attr, _ = _explain(cohort, OneRegion(cohort.inputs["anat"].features.shape[1]))
+    assert set(attr.units["atlas"]) == {"AAL"}
+    assert "Cingulate_Ant_R" in set(attr.units["region"])  # an AAL (AAL3) name, not a HarvardOxford one

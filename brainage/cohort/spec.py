@@ -23,6 +23,8 @@ def input_spec(cfg) -> dict:
     spec = {"kind": cfg.kind, "space": TEMPLATE_SPACE}
     if cfg.kind == "maps":
         spec.update(maps=list(cfg.maps), resolution=float(cfg.resolution), stage=cfg.stage)
+        if getattr(cfg, "atlas", None):  # the regions its attributions are summed in
+            spec["atlas"] = cfg.atlas
     else:
         spec.update(atlas=cfg.atlas, resolution=None)
         if cfg.kind == "regional":

@@ -48,8 +48,12 @@ FUSION_MODELS = ("pidreg", "pidreg_faithful", "early_fusion", "late_fusion")
 _INPUT_KEYS = {
     "regional": ("kind", "atlas", "tissue", "normalize", "select", "pca"),
     "connectivity": ("kind", "atlas", "select", "pca"),
-    "maps": ("kind", "maps", "resolution"),
+    "maps": ("kind", "maps", "resolution", "atlas"),
 }
+#: Keys an input of each kind may leave out.
+_OPTIONAL_KEYS = {"regional": ("tissue", "normalize", "select", "pca"),
+                  "connectivity": ("select", "pca"),
+                  "maps": ("atlas",)}
 #: Kinds a modality called ``anat`` / ``func`` may have (other names may have any kind).
 _KINDS_OF = {"anat": ("regional", "maps"), "func": ("connectivity", "maps")}
 _MODALITY_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -97,7 +101,9 @@ class GroupInputConfig(_Section):
     tissue totals and TIV with ``tissue: true``), ``kind: connectivity`` (the
     functional stage's Fisher-z connectivity matrix of ``atlas``) or ``kind:
     maps`` (paths of MNI-space maps at the ``resolution`` grid, read by the 3D
-    encoders). A tabular input may set ``select: K`` (keep the ``K`` features
+    encoders; an optional volume ``atlas`` sets the regions their attributions are
+    summed in, :data:`brainage.interpret.map_regions.DEFAULT_ATLAS` without one).
+    A tabular input may set ``select: K`` (keep the ``K`` features
     most correlated with age) and ``pca: K`` (reduce the z-scored features to
     ``K`` principal components), both fitted on each training fold
     (:mod:`brainage.group.transforms`).
@@ -105,7 +111,9 @@ class GroupInputConfig(_Section):
 
     kind: Literal["regional", "connectivity", "maps"]
     atlas: str | None = Field(
-        default=None, description="Atlas id of the registry (regional, connectivity)."
+        default=None,
+        description="Atlas id of the registry (regional, connectivity; maps: the volume atlas "
+        "whose regions the map attributions are summed in, default HarvardOxford).",
     )
     tissue: bool = Field(
         default=True,
@@ -148,10 +156,12 @@ class GroupInputConfig(_Section):
             raise ValueError(
                 f"unknown atlas {value!r}; {hint}known atlases: {', '.join(known)}; got {value!r}"
             )
-        if info.data.get("kind") == "regional" and _atlas_kind(known[value]) == "coords":
+        kind = info.data.get("kind")
+        if kind in ("regional", "maps") and _atlas_kind(known[value]) == "coords":
             volumes = [k for k, p in known.items() if _atlas_kind(p) == "volume"]
+            what = "regional GM volumes need" if kind == "regional" else "map attributions need"
             raise ValueError(
-                f"atlas {value!r} is a set of coordinates; regional GM volumes need a volume "
+                f"atlas {value!r} is a set of coordinates; {what} a volume "
                 f"atlas ({', '.join(volumes)}); got {value!r}"
             )
         return value
@@ -189,8 +199,7 @@ class GroupInputConfig(_Section):
                 f"{', '.join(stray)} does not apply to kind {self.kind!r} (keys of a "
                 f"{self.kind} input: {', '.join(keys)}); got {', '.join(stray)}"
             )
-        optional = ("tissue", "normalize", "select", "pca")
-        needed = [k for k in keys if k not in optional and getattr(self, k) is None]
+        needed = [k for k in keys if k not in _OPTIONAL_KEYS[self.kind] and getattr(self, k) is None]
         if needed:
             example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]",
                        "resolution": "resolution: 2.0"}
@@ -204,7 +213,7 @@ class GroupInputConfig(_Section):
     def _only_keys_of_kind(self, handler: Any) -> dict:
         data = handler(self)
         return {k: v for k, v in data.items()
-                if k in _INPUT_KEYS[self.kind] and not (k in ("select", "pca") and v is None)
+                if k in _INPUT_KEYS[self.kind] and not (k in ("select", "pca", "atlas") and v is None)
                 and not (k == "normalize" and v == "none")}
 
     @property

@@ -52,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Atlas whose labels partition a map when its input names none (``kind: maps`` has no atlas key).
+#: Atlas whose labels partition a map when its input names none (``group.inputs.<m>.atlas``).
 DEFAULT_ATLAS = "HarvardOxford"
 #: Attribution methods of :func:`map_attributions`.
 METHODS = ("ablation", "integrated_gradients")
