@@ -14,6 +14,7 @@ Importing this module does not load torch (fitting does).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,7 +27,7 @@ from brainage.exceptions import UsageError
 __all__ = ["NeuralRegressor"]
 
 
-class NeuralRegressor(BundleIO, RegressorMixin, BaseEstimator):
+class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
     """Base of the neural estimators: encoders per modality, trained by brainage's training loop.
 
     Parameters
@@ -130,9 +131,9 @@ class NeuralRegressor(BundleIO, RegressorMixin, BaseEstimator):
         return X
 
     # ------------------------------------------------------------ what differs
+    @abstractmethod
     def _build_model(self, config, encoder_specs: dict):
         """Return the untrained network for these encoder specs."""
-        raise NotImplementedError
 
     def _check_n_modalities(self, modalities: list) -> None:
         """Refuse a number of modalities the network cannot take."""
