@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..antsutils import to_ants
+from ..antsutils import ants_random_seed, to_ants
 from ..exceptions import InputFileError
 
 __all__ = ["check_overlap", "register_epi_to_t1", "resample_to_mni"]
@@ -50,7 +50,7 @@ def check_overlap(bold_img, brain_mask_img, bold_path, min_fraction: float = 0.5
     return fraction
 
 
-def register_epi_to_t1(epi_ref, t1w, brain_mask, work_dir) -> dict:
+def register_epi_to_t1(epi_ref, t1w, brain_mask, work_dir, *, seed: int = 1) -> dict:
     """Rigidly register the EPI reference to the T1w (ANTs, Mattes MI).
 
     Parameters
@@ -61,6 +61,9 @@ def register_epi_to_t1(epi_ref, t1w, brain_mask, work_dir) -> dict:
         The participant's preprocessed T1w and brain mask.
     work_dir : path-like
         Where the transform is written.
+    seed : int
+        ANTs random seed for the metric's sample positions: reruns give the same
+        transform.
 
     Returns
     -------
@@ -75,12 +78,13 @@ def register_epi_to_t1(epi_ref, t1w, brain_mask, work_dir) -> dict:
     moving = to_ants(epi_ref)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    reg = ants.registration(
-        fixed, moving, type_of_transform="Rigid", aff_metric="mattes",
-        aff_iterations=(100, 50, 20), aff_shrink_factors=(4, 2, 1),
-        aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.25,
-        outprefix=str(work / "epi2t1_"),
-    )
+    with ants_random_seed(seed):
+        reg = ants.registration(
+            fixed, moving, type_of_transform="Rigid", aff_metric="mattes",
+            aff_iterations=(100, 50, 20), aff_shrink_factors=(4, 2, 1),
+            aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.25,
+            outprefix=str(work / "epi2t1_"),
+        )
     warped = reg["warpedmovout"]
     mi = float(ants.image_mutual_information(fixed, warped))
     return {"transform": reg["fwdtransforms"][0], "mutual_information": mi, "epi_in_t1": warped}
