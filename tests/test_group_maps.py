@@ -134,3 +134,31 @@ def test_map_modalities_get_atlas_attributions(trained):
     assert set(table["modality"]) == {"anat", "func"} and set(table["atlas"]) == {"HarvardOxford"}
     assert {"region", "lobe"} <= set(table["level"]) and np.isfinite(table["attribution"]).all()
     assert (out / "regions_func_attribution.nii.gz").exists()
+
+
+def test_atlas_pid_reads_connectivity_beside_functional_maps(tmp_path):
+    """A CNN on fALFF maps: the atlas PID takes each region's connectivity from the derivatives."""
+    import torch
+
+    torch.set_num_threads(1)
+    bids, deriv = write_cohort(tmp_path, n=30)
+    write_maps(bids, deriv)
+    config = """\
+name: mixedtest
+group:
+  inputs:
+    anat: {kind: regional, atlas: HarvardOxford}
+    func: {kind: maps, maps: [falff], resolution: 4}
+  models: [pidreg]
+  primary_model: pidreg
+  model_params:
+    pidreg: {max_epochs: 3, latent_dim: 4, hidden: [8], batch_size: 8,
+             encoders: {func: {channels: [4], final_channels: 4}}}
+  cv: {n_splits: 3, inner_splits: 2, seed: 0}
+"""
+    assert train_group(bids, deriv, config, name="mixed.yaml") == 0
+    table = pd.read_csv(deriv / "group" / "regions_pid.tsv", sep="\t")
+    assert len(table) > 0 and (table["n_edges"] > 0).all() and (table["n"] > 0).all()
+    # the connectivity is read for this analysis only: the bundle's inputs are the models'
+    spec = json.loads((deriv / "group" / "model" / "extra.json").read_text())["input_spec"]
+    assert set(spec["inputs"]) == {"anat", "func"} and spec["inputs"]["func"]["kind"] == "maps"

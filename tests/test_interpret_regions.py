@@ -188,3 +188,61 @@ def test_attributions_can_be_switched_off():
     cohort, _, _ = _cohort(30, seed=4)
     res = cross_validate(cohort, _cfg(attributions=False))
     assert res.runs["ridge"].region_attributions is None
+
+
+@pytest.mark.parametrize("name", ["pidreg", "late_fusion"])
+def test_predicting_from_latents_equals_predicting_from_inputs(name):
+    from brainage.estimators.registry import make_estimator
+
+    cohort, _, _ = _cohort(30, seed=5, signal=f"{ATLAS}_103")
+    keys = list(cohort.participants.index)
+    X = FeatureTransforms().inputs(cohort, keys, ["anat", "func"])
+    est = make_estimator(name, modalities=["anat", "func"], random_state=0,
+                         params={"max_epochs": 5, "latent_dim": 3, "hidden": [8]})
+    est.fit(X, cohort.participants["age"].to_numpy(float))
+    fixed = est.transform(X, modalities=["func"])
+    np.testing.assert_allclose(est.predict_from_latents({"anat": X["anat"]}, fixed), est.predict(X),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_ablation_encodes_the_fixed_modality_once_with_the_same_result():
+    from brainage.estimators.registry import make_estimator
+
+    cohort, _, _ = _cohort(30, seed=6, signal=f"{ATLAS}_103")
+    keys = list(cohort.participants.index)
+    controls = [k for k in keys if cohort.participants.loc[k, "is_control"]]
+    X = FeatureTransforms().inputs(cohort, keys, ["anat", "func"])
+    est = make_estimator("pidreg", modalities=["anat", "func"], random_state=0,
+                         params={"max_epochs": 5, "latent_dim": 3, "hidden": [8]})
+    est.fit(X, cohort.participants["age"].to_numpy(float))
+    calls = []
+
+    class Counted:
+        """The estimator, counting the rows each of its encoders sees."""
+
+        takes_latents = True
+
+        def __getattr__(self, attr):
+            return getattr(est, attr)
+
+        def transform(self, X, modalities=None):
+            calls.append(("transform", len(X[modalities[0]])))
+            return est.transform(X, modalities)
+
+    fast = ablation_attributions(Counted(), FeatureTransforms(), cohort, controls, keys, ["anat", "func"])
+
+    class Plain:
+        takes_latents = False
+
+        def predict(self, X):
+            return est.predict(X)
+
+    slow = ablation_attributions(Plain(), FeatureTransforms(), cohort, controls, keys, ["anat", "func"])
+    np.testing.assert_allclose(fast.values.to_numpy(), slow.values.to_numpy(), atol=1e-4)
+    # each modality's fixed partner is encoded once for the 30 targets, not once per ablated unit
+    assert calls == [("transform", 30), ("transform", 30)]
+    with pytest.raises(Exception, match="one encoder over all"):
+        early = make_estimator("early_fusion", modalities=["anat", "func"], random_state=0,
+                               params={"max_epochs": 2, "latent_dim": 3, "hidden": [8]})
+        early.fit(X, cohort.participants["age"].to_numpy(float))
+        early.predict_from_latents({"anat": X["anat"]}, {"func": np.zeros((30, 3))})

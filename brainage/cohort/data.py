@@ -55,13 +55,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..bids import derivative_path
+from ..bids import TEMPLATE_SPACE, derivative_path
 from ..exceptions import GroupLevelError
 from . import readers
 from .participants import PARTICIPANT_COLUMNS, Unit, participant_units, subfolders
 from .spec import check_spec_features, check_spec_inputs, input_spec
 
-__all__ = ["EXCLUSION_COLUMNS", "PARTICIPANT_COLUMNS", "CohortData", "ModalityInput", "load_cohort"]
+__all__ = ["EXCLUSION_COLUMNS", "PARTICIPANT_COLUMNS", "CohortData", "ModalityInput", "load_cohort",
+           "read_connectivity_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -443,3 +444,51 @@ def load_cohort(bids_dir, derivatives_dir, group_config, *, spec: dict | None = 
     logger.info("cohort: %d participant row(s) kept, %d exclusion(s)%s", len(kept), len(rows),
                 f" ({_summary(rows)})" if rows else "")
     return CohortData(participants, inputs, exclusions, tuple(cfg.control_labels))
+
+
+def read_connectivity_input(derivatives_dir, cohort: CohortData, atlas: str, qc,
+                            name: str = "func_connectivity") -> ModalityInput | None:
+    """Read the connectivity edges on ``atlas`` of a cohort's participants, beside its inputs.
+
+    For analyses that need connectivity when the models read other functional
+    inputs (the atlas PID when ``func`` is ``kind: maps``). Rows without a usable
+    matrix, or with other edges than most, are NaN; none of it enters the
+    cohort's models or its bundle spec.
+
+    Parameters
+    ----------
+    derivatives_dir : path-like
+        ``OUTPUT_DIR`` of the participant level.
+    cohort : CohortData
+    atlas : str
+        Atlas id of the ``meas-FisherZ_relmat`` files.
+    qc : brainage.config.GroupQCConfig
+        Run exclusions, as for a model input.
+    name : str
+        Modality name of the returned input.
+
+    Returns
+    -------
+    ModalityInput or None
+        None when no participant has a usable matrix on ``atlas``.
+    """
+    root = Path(derivatives_dir)
+    parts = cohort.participants
+    reads = {}
+    for key, pid, session in zip(parts.index, parts["participant_id"], parts["session"]):
+        ses = str(session).removeprefix("ses-") if isinstance(session, str) and session else None
+        reads[key] = readers.read_connectivity(root, str(pid).removeprefix("sub-"), ses, atlas, qc)
+    good = {k: r for k, r in reads.items() if r.problem is None and r.found}
+    reference = _reference_names(good)
+    if reference is None:
+        return None
+    aligned = _align(good, reference, name)
+    matrix = np.full((len(parts), len(reference)), np.nan)
+    for i, key in enumerate(parts.index):
+        read = aligned.get(key)
+        if read is not None and read.problem is None:
+            matrix[i] = read.values
+    spec = {"kind": "connectivity", "space": TEMPLATE_SPACE, "atlas": atlas, "resolution": None,
+            "feature_names": list(reference)}
+    features = pd.DataFrame(matrix, index=parts.index, columns=list(reference), copy=False)
+    return ModalityInput(name, "connectivity", features, None, spec)

@@ -99,6 +99,11 @@ class BaselineRegressor(NeuralRegressor):
                 f"A {self.kind}-fusion baseline needs two or more modalities, got {modalities}."
             )
 
+    @property
+    def takes_latents(self) -> bool:
+        """Late fusion and unimodal models encode each modality apart; early fusion does not."""
+        return self.kind != "early"
+
     def _build_model(self, config, encoder_specs: dict):
         from brainage.models.baselines import FusionBaselineNet
         from brainage.models.encoders import build_encoder

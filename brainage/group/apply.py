@@ -136,7 +136,8 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     })
     # The atlas PID describes this cohort's own controls (nothing of the bundle is used), as a
     # training run describes its cohort.
-    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed))
+    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed,
+                                   derivatives_dir=output_dir, qc=cfg.qc))
     files["applied"] = write_json({"bundle": str(Path(bundle).resolve()),
                                    "bundle_digest": bundle_digest(bundle), "model": name,
                                    "n_predicted": len(keys),

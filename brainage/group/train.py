@@ -186,7 +186,8 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     if result.runs[primary].region_attributions is not None:
         files.update(write_regions(out, cohort.participants, result.runs[primary].region_attributions,
                                    seed=cfg.cv.seed))
-    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed))
+    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed,
+                                   derivatives_dir=output_dir, qc=cfg.qc))
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -274,14 +275,37 @@ def _save_map(files: dict, out: Path, name: str, make_image) -> None:
 REGIONS_PID_ATOMS = ("U_struct", "U_func", "R", "S")
 
 
-def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0) -> dict:
+def _with_connectivity(cohort, root, qc):
+    """Return the cohort plus the connectivity on its regional atlas, read for the atlas PID.
+
+    When the functional models read maps, the atlas PID still needs each region's
+    connectivity profile; it comes from the participant level's matrices, beside the
+    model inputs. Returns None when there is nothing to add or no matrix to read.
+    """
+    from ..cohort.data import CohortData, read_connectivity_input
+
+    if root is None or qc is None or any(i.kind == "connectivity" for i in cohort.inputs.values()):
+        return None
+    atlases = [i.spec.get("atlas") for i in cohort.inputs.values() if i.kind == "regional"]
+    for atlas in dict.fromkeys(a for a in atlases if a):
+        extra = read_connectivity_input(root, cohort, str(atlas), qc)
+        if extra is not None:
+            return CohortData(cohort.participants, {**cohort.inputs, extra.name: extra},
+                              cohort.exclusions, cohort.control_labels)
+    return None
+
+
+def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
+                      derivatives_dir=None, qc=None) -> dict:
     """Write ``regions_pid.tsv`` (+ sidecar) and ``regions_pid_<atom>.nii.gz``; return the paths.
 
     The atlas PID of :func:`brainage.interpret.regions_pid.regions_pid` (the controls' age from
     each region's GM volume and connectivity profile). Skipped, with the reason logged and
     the files of an earlier run removed, when ``enabled`` is false (``group.regions_pid``), when
     no regional and connectivity input share an atlas, or when the PID cannot be computed (too
-    few controls). A map that cannot be made is logged and skipped.
+    few controls). A map that cannot be made is logged and skipped. With ``derivatives_dir``
+    and ``qc`` (``group.qc``), a cohort whose functional input is not connectivity gets the
+    connectivity of its regional atlas read from the derivatives for this analysis only.
     """
     from ..exceptions import GroupLevelError
     from ..interpret.regions_pid import atom_image, paired_inputs, regions_pid
@@ -290,6 +314,11 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0)
     stale = [out / "regions_pid.tsv", out / "regions_pid.json",
              *(out / f"regions_pid_{atom}.nii.gz" for atom in REGIONS_PID_ATOMS)]
     pair, why = paired_inputs(cohort) if enabled else (None, "group.regions_pid is false")
+    if pair is None and enabled:
+        joined = _with_connectivity(cohort, derivatives_dir, qc)
+        if joined is not None:
+            cohort = joined
+            pair, why = paired_inputs(cohort)
     table = None
     if pair is not None:
         try:

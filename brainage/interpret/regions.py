@@ -314,8 +314,12 @@ def ablation_attributions(model, transforms, cohort, reference_keys, target_keys
     base = transforms.inputs(cohort, target, modalities, cache)
     predicted = np.asarray(model.predict(base), dtype=float)
     maps = [m for m in modalities if cohort.inputs[m].features is None]
+    # a model with one encoder per modality encodes the modalities that stay fixed once
+    reuse = bool(getattr(model, "takes_latents", False)) and len(modalities) > 1
     blocks, tables = [], []
     for m, u in units.items():
+        others = [o for o in modalities if o != m]
+        fixed = model.transform(base, modalities=others) if reuse else None
         feats = cohort.inputs[m].features
         raw = feats.loc[target].to_numpy(dtype=float)
         mean = np.nanmean(feats.loc[reference].to_numpy(dtype=float), axis=0)
@@ -327,13 +331,20 @@ def ablation_attributions(model, transforms, cohort, reference_keys, target_keys
             for c, j in enumerate(jobs):
                 cols = u.columns[j]
                 stacked[c * n:(c + 1) * n, cols] = mean[cols]
-            sub, keys = _stacked_cohort(cohort, target, len(jobs), [m, *maps], {m: stacked})
-            X = transforms.inputs(sub, keys, [m, *maps], cache)
-            for other in modalities:
-                if other not in X:
-                    X[other] = np.tile(base[other], (len(jobs), 1))
-            X = {k: X[k] for k in modalities}
-            pred = np.asarray(model.predict(X), dtype=float).reshape(len(jobs), n)
+            if reuse:
+                sub, keys = _stacked_cohort(cohort, target, len(jobs), [m], {m: stacked})
+                X = transforms.inputs(sub, keys, [m], cache)
+                tiled = {o: np.tile(fixed[o], (len(jobs), 1)) for o in others}
+                pred = np.asarray(model.predict_from_latents(X, tiled), dtype=float)
+            else:
+                sub, keys = _stacked_cohort(cohort, target, len(jobs), [m, *maps], {m: stacked})
+                X = transforms.inputs(sub, keys, [m, *maps], cache)
+                for other in modalities:
+                    if other not in X:
+                        X[other] = np.tile(base[other], (len(jobs), 1))
+                X = {k: X[k] for k in modalities}
+                pred = np.asarray(model.predict(X), dtype=float)
+            pred = pred.reshape(len(jobs), n)
             block[:, lo:lo + len(jobs)] = (predicted[None, :] - pred).T
         blocks.append(block)
         tables.append(u.table)

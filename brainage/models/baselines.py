@@ -71,12 +71,21 @@ class FusionBaselineNet(nn.Module):
             return {"early": self.encoders["early"](self._early_input(x))}
         return {m: self.encoders[m](x[m]) for m in modalities}
 
-    def forward(self, x: Mapping[str, torch.Tensor], modalities=None) -> dict:
-        """Predict ``{"pred": (n,)}`` from all inputs (``modalities`` must be all or None)."""
+    def forward(self, x: Mapping[str, torch.Tensor], modalities=None, latents=None) -> dict:
+        """Predict ``{"pred": (n,)}`` from all inputs (``modalities`` must be all or None).
+
+        ``latents`` gives the encoder outputs of some modalities, computed before
+        (``encode``), whose encoders are then not run; not for early fusion, whose
+        one encoder reads every input.
+        """
         if modalities is not None and list(modalities) != self.modalities:
             raise ValueError(
                 f"A baseline predicts from all its inputs {self.modalities}; got {modalities}."
             )
-        lat = self.encode(x, list(self.encoders))
+        given = dict(latents or {})
+        if given and self.early_inputs:
+            raise ValueError("early fusion has one encoder over all inputs; it takes no latents")
+        lat = self.encode(x, [m for m in self.encoders if m not in given])
+        lat.update({m: given[m] for m in self.encoders if m in given})
         h = torch.cat([lat[k] for k in self.encoders], dim=1)
         return {"pred": self.predictor(h).squeeze(-1)}

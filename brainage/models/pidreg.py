@@ -199,7 +199,8 @@ class PIDReg(nn.Module):
         return {m: self.encoders[m](x[m]) for m in modalities}
 
     def forward(
-        self, x: Mapping[str, torch.Tensor], modalities: Sequence[str] | None = None
+        self, x: Mapping[str, torch.Tensor], modalities: Sequence[str] | None = None,
+        latents: Mapping[str, torch.Tensor] | None = None,
     ) -> dict:
         """Predict from a batch.
 
@@ -211,6 +212,11 @@ class PIDReg(nn.Module):
             Modalities to predict from (all by default). A left-out modality's
             latent is replaced by its training mean, the value the noise bottleneck
             converges to when it lets no information through.
+
+        latents : mapping of str to torch.Tensor, optional
+            Encoder outputs ``a_m`` (n, D) of some modalities, computed before
+            (``encode``): their encoders are not run again and ``x`` need not
+            hold them (a prediction whose other inputs change, as in ablation).
 
         Returns
         -------
@@ -224,7 +230,10 @@ class PIDReg(nn.Module):
             raise ValueError(
                 f"Cannot predict from modalities {use}; this model knows {self.modalities}."
             )
-        a = self.encode(x, use)
+        given = dict(latents or {})
+        a = self.encode(x, [m for m in use if m not in given])
+        a.update({m: given[m] for m in use if m in given})
+        a = {m: a[m] for m in use}
         z = {}
         for m in use:
             if self.training:
