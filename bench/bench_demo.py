@@ -13,7 +13,7 @@ Run from the repository root on a quiet machine::
 
     .venv/bin/python bench/bench_demo.py [--out /tmp/brainage-demo-bench] [--keep]
 
-Writes ``bench/results/demo.json`` (``--config-file demo-cnn``: ``demo_cnn.json``).
+Writes ``bench/results/demo.json`` (``--config-file demo-tabular``: ``demo_tabular.json``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the demo's outputs")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--config-file", default="demo",
-                        help="the demo's pipeline (demo-cnn writes bench/results/demo_cnn.json)")
+                        help="the demo's pipeline (demo-tabular writes bench/results/demo_tabular.json)")
     args = parser.parse_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)

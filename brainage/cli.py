@@ -150,7 +150,8 @@ def _demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nprocs", type=int, default=2, help="local worker processes (default 2)")
     parser.add_argument(
         "--config-file", default="demo", metavar="YAML",
-        help="pipeline spec (default: demo; demo-cnn reads the functional maps with a 3D CNN)",
+        help="pipeline spec (default: demo, PIDReg with a 3D CNN on the functional maps; "
+             "demo-tabular reads tables only)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser

@@ -57,7 +57,7 @@ def run_demo(out_dir, *, n_subjects: int | None = None, seed: int = 0, nprocs: i
     nprocs : int
         Local worker processes (simulation and participant level).
     config_file : str or path-like
-        Pipeline spec: a shipped name (``demo``, ``demo-cnn``) or a YAML file.
+        Pipeline spec: a shipped name (``demo``, ``demo-tabular``) or a YAML file.
 
     Returns
     -------

@@ -103,12 +103,21 @@ def test_group_defaults():
     assert load_config("default").group == group
 
 
-def test_demo_group_models_build_with_their_params():
+@pytest.mark.parametrize("name", ["demo", "demo-tabular"])
+def test_demo_group_models_build_with_their_params(name):
     from brainage.estimators import registry
 
-    group = load_config("demo").group
-    assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion", "ridge",
-                            "ridge_anat", "ridge_func"]
+    group = load_config(name).group
+    if name == "demo":
+        # the default demo trains PIDReg with a 3D CNN on the functional maps
+        assert group.inputs["func"].kind == "maps" and group.inputs["anat"].kind == "regional"
+        assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion",
+                                "ridge_anat"]
+        assert "channels" in group.model_params["pidreg"]["encoders"]["func"]
+    else:
+        assert group.inputs["func"].kind == "connectivity"
+        assert group.models == ["pidreg", "unimodal_anat", "unimodal_func", "late_fusion", "ridge",
+                                "ridge_anat", "ridge_func"]
     assert (group.cv.n_splits, group.cv.inner_splits) == (5, 3)
     # small networks that a 2-core laptop trains in the demo's minutes (bench/results/group.json)
     assert group.model_params["pidreg"]["max_epochs"] <= 300

@@ -96,6 +96,6 @@ def test_a_bad_demo_config_fails_before_simulating(tmp_path):
 def test_demo_command_line_passes_its_options(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(out=out, **kw) or 0)
-    assert main(["demo", str(tmp_path / "o"), "--config-file", "demo-cnn", "--nprocs", "1"]) == 0
+    assert main(["demo", str(tmp_path / "o"), "--config-file", "demo-tabular", "--nprocs", "1"]) == 0
     assert seen == {"out": tmp_path / "o", "n_subjects": None, "seed": 0, "nprocs": 1,
-                    "config_file": "demo-cnn"}
+                    "config_file": "demo-tabular"}
