@@ -40,6 +40,48 @@ def _brainage() -> str:
     return str(exe) if exe.exists() else "brainage"
 
 
+def _probe() -> dict:
+    """Time a fixed single-threaded workload (one ANTs SyN, ten small 3D CNN batches), in seconds.
+
+    Machines lent to us differ: the same demo took 384 s of participant level on one host
+    and 538 s on another. The probe's seconds, recorded with every run, say how fast the
+    host was, so that runs on different hosts can be compared.
+    """
+    import ants
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    from brainage.antsutils import ants_random_seed
+    from brainage.models.encoders import SFCNEncoder
+
+    rng = np.random.default_rng(0)
+    vol = ndimage.gaussian_filter(rng.random((64, 76, 64)), 3).astype(np.float32)
+    fixed = ants.from_numpy(vol, spacing=(2.0, 2.0, 2.0))
+    moving = ants.from_numpy(ndimage.shift(vol, (2.0, -1.0, 1.0), order=1), spacing=(2.0, 2.0, 2.0))
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with ants_random_seed(1):
+        ants.registration(fixed, moving, type_of_transform="SyNOnly", reg_iterations=(20, 10, 0))
+    ants_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    enc = SFCNEncoder(in_channels=2, out_dim=4, channels=[4, 8], final_channels=8, input_pool=2)
+    x = torch.randn(16, 2, 50, 59, 48)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        enc(x).sum().backward()
+    torch_s = time.perf_counter() - t0
+    return {"ants_syn_seconds": round(ants_s, 2), "cnn_10_batches_seconds": round(torch_s, 2)}
+
+
+def cpu_probe() -> dict:
+    """Run :func:`_probe` in a fresh single-threaded process (ITK reads its thread count at start)."""
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, "--probe"], capture_output=True, text=True,
+                          env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     """Run the demo once and write bench/results/demo.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,9 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--config-file", default="demo",
                         help="the demo's pipeline (demo-tabular writes bench/results/demo_tabular.json)")
+    parser.add_argument("--probe", action="store_true", help="print the CPU probe's seconds and exit")
     args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(_probe()))
+        return 0
     if args.out.exists():
         shutil.rmtree(args.out)
+    probe = cpu_probe()
     load_before = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
     proc = subprocess.run([_brainage(), "demo", str(args.out), "--nprocs", str(args.nprocs),
@@ -85,6 +132,7 @@ def main(argv=None) -> int:
         "within_target": wall <= TARGET_SECONDS,
         "step_seconds": timings["seconds"],
         "n_subjects": timings["n_subjects"],
+        "cpu_probe": probe,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "peak_rss_mb_largest_process": round(peak_mb, 1),

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["ants_random_seed", "to_ants", "to_nibabel"]
+__all__ = ["ants_random_seed", "resampled", "to_ants", "to_nibabel"]
 
 
 @contextlib.contextmanager
@@ -57,3 +57,16 @@ def to_nibabel(image, dtype=np.float32):
     img.set_data_dtype(dtype)
     img.header.set_xyzt_units("mm", "sec")
     return img
+
+
+def resampled(image, resolution: float | None):
+    """Return a copy of ``image`` on an isotropic ``resolution`` mm grid, or ``image`` itself.
+
+    Only resamples when ``resolution`` is coarser than the finest voxel size, so an
+    image that is already at or below that resolution is used as it is.
+    """
+    import ants
+
+    if resolution is None or min(image.spacing) >= float(resolution) - 1e-6:
+        return image
+    return ants.resample_image(image, (float(resolution),) * 3, use_voxels=False, interp_type=0)

@@ -306,7 +306,7 @@ def test_resampled_copy_only_for_finer_images_and_head_mask_on_shrunk_grid():
     import ants
 
     from brainage.anat.bias import head_mask
-    from brainage.anat.convert import resampled
+    from brainage.antsutils import resampled
 
     img, brain, r = _sphere_head(spacing=1.0)
     fine = ants.from_numpy(img, spacing=(1.0, 1.0, 1.0))

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..antsutils import to_ants, to_nibabel
+from ..antsutils import resampled, to_ants, to_nibabel
 from ..exceptions import ProcessingError
 from ..templates import template
 from .bias import n4
-from .convert import resampled
 from .jacobian import jacobian_determinant
 from .partial_volume import noise_sd, partial_volume, tissue_levels
 from .registration import Registration, register
