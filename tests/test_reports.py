@@ -267,3 +267,18 @@ def test_control_labels_match_the_data_case_insensitively():
                       tables={"predictions": pd.DataFrame({"group": ["Control", "SZ", "Control"]})},
                       bundle={"group_config": {"control_labels": ["control", "HC"]}})
     assert data.control_labels[0] == "Control" and "SZ" not in data.control_labels
+
+
+def test_links_to_participant_files_survive_symlinked_participant_folders(tmp_path):
+    from brainage.reporting.cohort import _relative
+
+    real = tmp_path / "elsewhere" / "sub-01" / "figures"
+    real.mkdir(parents=True)
+    (real / "mosaic.svg").write_text("<svg/>")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01").symlink_to(real.parent, target_is_directory=True)
+    assert _relative(out / "sub-01" / "figures" / "mosaic.svg", out) == "../sub-01/figures/mosaic.svg"
+    # a file resolved outside OUTPUT_DIR still gets a working relative link
+    link = _relative(real / "mosaic.svg", out)
+    assert (out / "reports" / link).resolve() == (real / "mosaic.svg").resolve()

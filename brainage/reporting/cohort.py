@@ -479,7 +479,9 @@ def _qc(data, pages: dict):
 
 
 def _relative(path, output_dir) -> str:
-    return "../" + Path(path).resolve().relative_to(Path(output_dir).resolve()).as_posix()
+    """Link from ``OUTPUT_DIR/reports/`` to a file, also when participant folders are symlinks."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
+    return "../" + Path(rel).as_posix()
 
 
 # ---------------------------------------------------------------------------------------------
