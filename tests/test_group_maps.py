@@ -162,3 +162,13 @@ group:
     # the connectivity is read for this analysis only: the bundle's inputs are the models'
     spec = json.loads((deriv / "group" / "model" / "extra.json").read_text())["input_spec"]
     assert set(spec["inputs"]) == {"anat", "func"} and spec["inputs"]["func"]["kind"] == "maps"
+
+
+def test_pidreg_on_maps_records_its_pid_atoms_per_fold(trained):
+    code, _, deriv = trained
+    assert code == 0
+    pid = json.loads((deriv / "group" / "pid.json").read_text())
+    # every fold of the CNN PIDReg says what became of its atoms: estimated, or why not
+    folds = {row["fold"] for row in pid.get("per_fold", []) + pid.get("unavailable", [])}
+    assert folds == {0, 1, 2}, pid
+    assert "only PIDReg" not in pid["note"]

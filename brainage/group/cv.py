@@ -272,13 +272,16 @@ def _run_model(name, cohort, folds, cfg, modalities, params, device, cache=None,
         if selection:
             subsets.append(subset_inference(est, tf, cohort, target, modalities, cache))
         n_test = len(test)
-        X_test = {m: (v[:n_test] if isinstance(v, np.ndarray) else v) for m, v in X_target.items()}
         info = {"fold": k, "n_train": len(train), "n_test_controls": n_test,
                 "n_others": len(others), "transforms": tf.summary(),
                 "bias_correction": corr.to_dict()}
         if regional and regional[-1] is not None:
             info["attribution_seconds"] = round(regional[-1].seconds, 3)
-        if n_test and all(isinstance(v, np.ndarray) for v in X_target.values()):
+        if n_test:
+            # the held-out controls lead X_target; maps are datasets, read for them alone
+            X_test = ({m: v[:n_test] for m, v in X_target.items()}
+                      if all(isinstance(v, np.ndarray) for v in X_target.values())
+                      else tf.inputs(cohort, test, modalities, cache))
             info.update(_pid_info(est, X_test, parts.loc[test, "age"].to_numpy(float)))
         fold_info.append(info)
         line = (f"{name} fold {k + 1}/{k_folds}: {len(train)} training controls{fit_line(est)}, "
