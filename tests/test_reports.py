@@ -282,3 +282,11 @@ def test_links_to_participant_files_survive_symlinked_participant_folders(tmp_pa
     # a file resolved outside OUTPUT_DIR still gets a working relative link
     link = _relative(real / "mosaic.svg", out)
     assert (out / "reports" / link).resolve() == (real / "mosaic.svg").resolve()
+
+
+def test_methods_text_names_the_maps_a_cnn_reads():
+    from brainage.reporting.cohort import _input_text
+
+    assert _input_text({"kind": "maps", "maps": ["falff", "reho"], "resolution": 4.0}) == \
+        "fALFF and ReHo maps at 4 mm in MNI space (3D CNN encoders)"
+    assert _input_text({"kind": "regional", "atlas": "AAL"}) == "regional features on the AAL atlas"

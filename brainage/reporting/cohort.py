@@ -103,16 +103,28 @@ def _cohort_text(data) -> str:
     )
 
 
+def _input_text(spec: dict) -> str:
+    """Describe one ``group.inputs`` entry, e.g. ``fALFF and ReHo maps at 4 mm (3D CNN)``."""
+    if spec.get("kind") == "maps":
+        names = [MAP_NAMES.get(str(n), str(n)) for n in spec.get("maps") or []]
+        res = f" at {float(spec['resolution']):g} mm" if spec.get("resolution") is not None else ""
+        return f"{' and '.join(names) or 'MNI'} maps{res} in MNI space (3D CNN encoders)"
+    text = f"{spec.get('kind')} features" + (f" on the {spec['atlas']} atlas" if spec.get("atlas") else "")
+    return text
+
+
+#: How the report names the MNI maps of ``kind: maps`` inputs.
+MAP_NAMES = {"falff": "fALFF", "alff": "ALFF", "reho": "ReHo", "dmn": "default-mode connectivity",
+             "GM_modulated": "modulated GM", "GM": "GM probability", "WM": "WM probability",
+             "CSF": "CSF probability", "T1w": "T1w"}
+
+
 def _run_text(data) -> str:
     cfg = data.bundle.get("group_config") or {}
     versions = data.bundle.get("versions") or data.record.get("versions") or {}
     cv = data.metrics.get("cv") or (data.bundle.get("cross_validation") or {}).get("settings") or {}
     inputs = cfg.get("inputs") or {}
-    inp = "; ".join(
-        f"{modality_label(m)}: {v.get('kind')} features"
-        + (f" on the {v['atlas']} atlas" if v.get("atlas") else "")
-        for m, v in inputs.items()
-    )
+    inp = "; ".join(f"{modality_label(m)}: {_input_text(v)}" for m, v in inputs.items())
     soft = ", ".join(
         f"{k} {versions[k]}"
         for k in ("brainage", "torch", "monai", "nilearn", "antspyx", "scikit-learn", "statsmodels")
