@@ -159,6 +159,8 @@ group:
     assert train_group(bids, deriv, config, name="mixed.yaml") == 0
     table = pd.read_csv(deriv / "group" / "regions_pid.tsv", sep="\t")
     assert len(table) > 0 and (table["n_edges"] > 0).all() and (table["n"] > 0).all()
+    # the regions the fALFF grid covers add their mean fALFF to the connectivity components
+    assert (table["func_maps"] == "falff").any()
     # the connectivity is read for this analysis only: the bundle's inputs are the models'
     spec = json.loads((deriv / "group" / "model" / "extra.json").read_text())["input_spec"]
     assert set(spec["inputs"]) == {"anat", "func"} and spec["inputs"]["func"]["kind"] == "maps"

@@ -236,3 +236,43 @@ def test_train_group_lists_the_atlas_pid_in_its_provenance(tmp_path):
     assert {"regions_pid", "regions_pid_U_struct", "regions_pid_S"} <= set(record["files"])
     table = pd.read_csv(deriv / "group" / "regions_pid.tsv", sep="\t")
     assert len(table) == 5 and (table["n"] == table["n"].iloc[0]).all()
+
+
+def test_region_means_of_functional_maps_join_the_functional_side(cohort):
+    rng = np.random.default_rng(7)
+    parts = cohort.participants
+    g = (parts["age"].to_numpy() - 50) / 17
+    neutral = NEUTRAL[0]
+    local = pd.DataFrame({f"falff:{ATLAS}_{i}": rng.normal(0, 1, len(parts)) for i in INDICES},
+                         index=parts.index)
+    local[f"falff:{ATLAS}_{neutral}"] = g + rng.normal(0, 0.3, len(parts))
+    local.loc[parts.index[:1], f"reho:{ATLAS}_{INDICES[-1]}"] = np.nan  # incomplete: left out
+    without = regions_pid(cohort, n_boot=0).set_index("index")
+    with_maps = regions_pid(cohort, n_boot=0, local=local).set_index("index")
+    assert with_maps.loc[neutral, "func_maps"] == "falff"
+    assert with_maps.loc[neutral, "n_func_features"] == without.loc[neutral, "n_func_features"] + 1
+    # the region's fALFF carries age that its connectivity and GM do not
+    assert with_maps.loc[neutral, "I_func"] > without.loc[neutral, "I_func"] + 0.5
+    assert with_maps.loc[neutral, "U_func"] > 0.5
+    assert (without["func_maps"] == "n/a").all()
+
+
+def test_parcel_means_average_each_map_within_atlas_regions(tmp_path):
+    import nibabel as nib
+
+    from brainage.atlases import load_atlas
+    from brainage.interpret.regions_pid import parcel_means
+
+    atlas = load_atlas(ATLAS)
+    grid = nib.Nifti1Image(np.zeros((23, 27, 23), np.float32), np.array(
+        [[8.0, 0, 0, -90], [0, 8.0, 0, -126], [0, 0, 8.0, -72], [0, 0, 0, 1]]))
+    labels = np.asarray(atlas.resample_to(grid).dataobj).astype(int)
+    region = int(np.bincount(labels[labels > 0]).argmax())
+    data = np.where(labels == region, 2.0, np.where(labels > 0, 1.0, 0.0)).astype(np.float32)
+    path = tmp_path / "falff.nii.gz"
+    nib.save(nib.Nifti1Image(data, grid.affine), path)
+    frame = parcel_means(pd.DataFrame({"falff": [str(path), None]}, index=["a", "b"]), ATLAS)
+    assert frame.loc["a", f"falff:{ATLAS}_{region}"] == 2.0
+    others = frame.loc["a"].drop(f"falff:{ATLAS}_{region}")
+    assert (others == 1.0).all()
+    assert frame.loc["b"].isna().all()

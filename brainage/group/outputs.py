@@ -134,10 +134,14 @@ REGIONS_PID_COLUMNS = {
     "n_struct_features": ("Structural dimensions: the region's GM volume as the regional input "
                           "gives it (1).", None),
     "n_func_features": ("Functional dimensions: principal components of the region's connectivity "
-                        "profile, fitted on the same controls (0: no estimate).", None),
+                        "profile, fitted on the same controls, plus the region means of func_maps "
+                        "(0: no estimate).", None),
     "n_edges": ("Fisher-z edges in the region's connectivity profile (every edge touching it).", None),
     "func_variance_explained": ("Share of the profile's variance over the controls that the "
                                 "principal components keep.", None),
+    "func_maps": ("Functional maps whose region means join the connectivity components on the "
+                  "functional side (e.g. falff+reho, from a kind: maps input); n/a: connectivity "
+                  "only.", None),
     **{atom: (f"Bias-corrected Gaussian PID atom of the controls' rank-Gaussianized age, "
               f"{text}; in-sample and descriptive.", "bits") for atom, text in _PID_ATOMS.items()},
     **{f"{atom}_{end}": (f"{side} bound of the 95 % percentile bootstrap interval of {atom} over the "

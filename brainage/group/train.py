@@ -295,6 +295,22 @@ def _with_connectivity(cohort, root, qc):
     return None
 
 
+def _local_map_means(cohort, pair):
+    """Region means of the cohort's functional maps (fALFF, ReHo …) on the pair's atlas, or None."""
+    from ..interpret.regions_pid import parcel_means
+
+    maps = [i for i in cohort.inputs.values()
+            if i.kind == "maps" and i.paths is not None and i.spec.get("stage") == "func"]
+    if not maps:
+        return None
+    try:
+        return parcel_means(maps[0].paths, pair.atlas)
+    except (OSError, ValueError) as exc:  # an unreadable map: the PID keeps connectivity only
+        logger.warning("regions_pid: region means of the functional maps failed (%s); the "
+                       "functional side is the connectivity alone", exc)
+        return None
+
+
 def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
                       derivatives_dir=None, qc=None) -> dict:
     """Write ``regions_pid.tsv`` (+ sidecar) and ``regions_pid_<atom>.nii.gz``; return the paths.
@@ -305,7 +321,8 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
     no regional and connectivity input share an atlas, or when the PID cannot be computed (too
     few controls). A map that cannot be made is logged and skipped. With ``derivatives_dir``
     and ``qc`` (``group.qc``), a cohort whose functional input is not connectivity gets the
-    connectivity of its regional atlas read from the derivatives for this analysis only.
+    connectivity of its regional atlas read from the derivatives for this analysis only; the
+    region means of its functional maps join each region's connectivity components.
     """
     from ..exceptions import GroupLevelError
     from ..interpret.regions_pid import atom_image, paired_inputs, regions_pid
@@ -322,7 +339,7 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
     table = None
     if pair is not None:
         try:
-            table = regions_pid(cohort, inputs=pair, seed=seed)
+            table = regions_pid(cohort, inputs=pair, seed=seed, local=_local_map_means(cohort, pair))
         except GroupLevelError as exc:
             why = str(exc).removeprefix("regions_pid: ")
     if table is None:

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ATOM_COLUMNS", "PID_COLUMNS", "RegionPIDInputs", "atom_image", "paired_inputs",
-           "regions_pid"]
+           "parcel_means", "regions_pid"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ _MI_OF = {"I_struct": "I1", "I_func": "I2", "I_joint": "I12"}
 #: Columns of :func:`regions_pid`, in order.
 PID_COLUMNS = (
     "atlas", "region", "index", "hemisphere", "lobe", "network", "n", "n_struct_features",
-    "n_func_features", "n_edges", "func_variance_explained",
+    "n_func_features", "n_edges", "func_variance_explained", "func_maps",
     *(f"{a}{s}" for a in ATOM_COLUMNS for s in ("", "_ci_low", "_ci_high")),
     *_MI_OF, "note",
 )
@@ -191,8 +191,72 @@ def _empty_row() -> dict:
     return row
 
 
+def parcel_means(paths: pd.DataFrame, atlas: str) -> pd.DataFrame:
+    """Mean of each map in each region of ``atlas``, per participant (zeros: outside the data).
+
+    Parameters
+    ----------
+    paths : pandas.DataFrame
+        Index: participant keys; one column per map (``falff``, ``reho`` …), NIfTI paths
+        on one MNI grid (missing: None).
+    atlas : str
+        Registry volume atlas, resampled (nearest) to the first map's grid.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index; columns ``<map>:<atlas>_<index>`` (NaN where a participant has no map
+        or no voxel of the region inside its map).
+    """
+    import nibabel as nib
+
+    from ..atlases import load_atlas
+
+    first = next(p for p in paths.to_numpy(dtype=object).ravel() if isinstance(p, str) and p)
+    labels = np.asarray(load_atlas(atlas).resample_to(nib.load(first)).dataobj).astype(np.int64).ravel()
+    labels = np.where(labels > 0, labels, 0)
+    present = np.unique(labels[labels > 0])
+    size = int(labels.max()) + 1
+    out = {}
+    for name in paths.columns:
+        values = np.full((len(paths), len(present)), np.nan)
+        for i, path in enumerate(paths[name].to_numpy(dtype=object)):
+            if not isinstance(path, str) or not path:
+                continue
+            data = np.asarray(nib.load(path).dataobj, dtype=np.float64).ravel()
+            if data.shape != labels.shape:
+                continue
+            inside = np.isfinite(data) & (data != 0) & (labels > 0)
+            sums = np.bincount(labels[inside], weights=data[inside], minlength=size)
+            counts = np.bincount(labels[inside], minlength=size)
+            values[i] = np.where(counts[present] > 0, sums[present] / np.maximum(counts[present], 1),
+                                 np.nan)
+        for j, index in enumerate(present):
+            out[f"{name}:{atlas}_{int(index)}"] = values[:, j]
+    return pd.DataFrame(out, index=paths.index)
+
+
+def _local_features(local, column: str, keys) -> tuple[np.ndarray | None, list[str]]:
+    """Return the region's local map features of the controls ``keys`` (standardised) and names."""
+    if local is None:
+        return None, []
+    cols = [c for c in local.columns if c.endswith(f":{column}")]
+    if not cols:
+        return None, []
+    block = local.loc[keys, cols].to_numpy(dtype=float)
+    if not np.isfinite(block).all():
+        return None, []
+    sd = block.std(axis=0)
+    keep = sd > 1e-12
+    if not keep.any():
+        return None, []
+    block = (block[:, keep] - block[:, keep].mean(axis=0)) / sd[keep]
+    return block, [c.split(":", 1)[0] for c, k in zip(cols, keep) if k]
+
+
 def regions_pid(cohort, *, n_components: int = 3, n_boot: int = 500, seed: int = 0,
-                confidence: float = 0.95, inputs: RegionPIDInputs | None = None) -> pd.DataFrame:
+                confidence: float = 0.95, inputs: RegionPIDInputs | None = None,
+                local: pd.DataFrame | None = None) -> pd.DataFrame:
     """Gaussian PID of the controls' age from each region's GM volume and connectivity profile.
 
     See the module docstring for the method and for what the atoms mean and do not mean.
@@ -213,6 +277,11 @@ def regions_pid(cohort, *, n_components: int = 3, n_boot: int = 500, seed: int =
         Coverage of the percentile intervals.
     inputs : RegionPIDInputs, optional
         Which inputs to pair; default :func:`paired_inputs`.
+    local : pandas.DataFrame, optional
+        Per participant, the region means of functional maps (:func:`parcel_means`, columns
+        ``<map>:<atlas>_<index>``): each region's means join its connectivity components on the
+        functional side (standardised; left out of a region where a control lacks them or
+        where they would leave fewer than 4 controls per dimension).
 
     Returns
     -------
@@ -274,7 +343,7 @@ def regions_pid(cohort, *, n_components: int = 3, n_boot: int = 500, seed: int =
             continue
         row = {"atlas": inputs.atlas, "region": name, "index": int(rec["index"]),
                "hemisphere": rec["hemisphere"], "lobe": rec["lobe"], "network": rec["network"],
-               "n": n, "n_struct_features": 1, **_empty_row(), "note": _NA}
+               "n": n, "n_struct_features": 1, **_empty_row(), "func_maps": _NA, "note": _NA}
         profile = cube[:, position[name], :]
         profile = profile[:, np.isfinite(profile).all(axis=0)]
         row["n_edges"] = profile.shape[1]
@@ -287,7 +356,12 @@ def regions_pid(cohort, *, n_components: int = 3, n_boot: int = 500, seed: int =
             continue
         pca = PCA(n_components=k, svd_solver="full").fit(profile)
         func = pca.transform(profile)
-        row.update(n_func_features=k, func_variance_explained=float(pca.explained_variance_ratio_.sum()))
+        extra, names = _local_features(local, column, keys)
+        if extra is not None and n >= 1 + k + extra.shape[1] + 4:
+            func = np.column_stack([func, extra])
+            row["func_maps"] = "+".join(names)
+        row.update(n_func_features=func.shape[1],
+                   func_variance_explained=float(pca.explained_variance_ratio_.sum()))
         try:
             res = gaussian_pid(g, struct, func, n_boot=int(n_boot), ci=confidence,
                                random_state=np.random.default_rng([int(seed), int(rec["index"])]))
