@@ -56,6 +56,9 @@ def segment(image, mask, priors, *, prior_weight: float = 0.25, iterations: int 
                 m=f"[{float(mrf)},1x1x1]",
                 c=f"[{int(iterations)},0.001]",
                 priorweight=float(prior_weight),
+                # Atropos seeds its random number generator from the clock unless told not
+                # to (--use-random-seed 0): a constant seed makes reruns identical
+                r=0,
             )
             probs = [p.clone() for p in out["probabilityimages"]]
         finally:
