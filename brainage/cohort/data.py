@@ -279,6 +279,15 @@ def _align(reads: dict, reference: tuple[str, ...], name: str) -> dict:
     return out
 
 
+def _features(reads, index, names) -> pd.DataFrame:
+    """One row per read (its values, or NaN where it has a problem), columns ``names``."""
+    matrix = np.full((len(reads), len(names)), np.nan)
+    for i, read in enumerate(reads):
+        if read.problem is None:
+            matrix[i] = read.values
+    return pd.DataFrame(matrix, index=index, columns=list(names), copy=False)
+
+
 # --------------------------------------------------------------------------- loading
 def _summary(rows: list) -> str:
     counts = Counter(c for row in rows for c in row[4])
@@ -418,13 +427,8 @@ def load_cohort(bids_dir, derivatives_dir, group_config, *, spec: dict | None = 
             inputs[name] = ModalityInput(name, inp.kind, None, paths, ispec)
             continue
         names = feature_names[name]
-        matrix = np.full((len(kept), len(names)), np.nan)
-        for i, read in enumerate(rows_of):
-            if read.problem is None:
-                matrix[i] = read.values
         ispec["feature_names"] = list(names)
-        features = pd.DataFrame(matrix, index=keys, columns=list(names), copy=False)
-        inputs[name] = ModalityInput(name, inp.kind, features, None, ispec)
+        inputs[name] = ModalityInput(name, inp.kind, _features(rows_of, keys, names), None, ispec)
     participants = pd.DataFrame(
         {
             "participant_id": [u.participant_id for u, _ in kept],
@@ -483,12 +487,7 @@ def read_connectivity_input(derivatives_dir, cohort: CohortData, atlas: str, qc,
     if reference is None:
         return None
     aligned = _align(good, reference, name)
-    matrix = np.full((len(parts), len(reference)), np.nan)
-    for i, key in enumerate(parts.index):
-        read = aligned.get(key)
-        if read is not None and read.problem is None:
-            matrix[i] = read.values
+    rows = [aligned.get(key, readers.Read(problem="unusable")) for key in parts.index]
     spec = {"kind": "connectivity", "space": TEMPLATE_SPACE, "atlas": atlas, "resolution": None,
             "feature_names": list(reference)}
-    features = pd.DataFrame(matrix, index=parts.index, columns=list(reference), copy=False)
-    return ModalityInput(name, "connectivity", features, None, spec)
+    return ModalityInput(name, "connectivity", _features(rows, parts.index, reference), None, spec)
