@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .console import flush_warnings
 from .exceptions import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, BrainageError, UsageError, exit_code
 
 PROG = "brainage"
@@ -257,6 +258,7 @@ def check_band_pass(participants, low_pass: float) -> None:
 
 
 def _report(summary, output_dir: Path) -> None:
+    flush_warnings()
     done = len(summary.done) + len(summary.excluded)
     lines = [
         f"{done} task(s) completed, {len(summary.skipped)} up to date, "
@@ -282,7 +284,9 @@ def run_group_level(args) -> int:
     from .levels import group_summary, run_group, run_reports
 
     if args.report_only:
-        print("\n".join(run_reports(output_dir).summary()))
+        reports = run_reports(output_dir)
+        flush_warnings()
+        print("\n".join(reports.summary()))
         return 0
     if not (args.train or args.model):
         raise UsageError(
@@ -292,6 +296,7 @@ def run_group_level(args) -> int:
         )
     outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model,
                         report=not args.no_report)
+    flush_warnings()
     print("\n".join(group_summary(outputs)))
     return 0
 

@@ -31,6 +31,7 @@ __all__ = [
     "DedupeFilter",
     "ProgressTask",
     "current",
+    "flush_warnings",
     "get_console",
     "is_terminal",
     "progress",
@@ -217,6 +218,18 @@ def setup_logging(verbose: int = 0) -> logging.Handler:
         py_warnings.propagate = False
     handler.brainage_dedupe.level = logging.CRITICAL + 1 if verbose > 1 else logging.WARNING
     return handler
+
+
+def flush_warnings() -> None:
+    """Write now the counts of repeated warnings that :func:`setup_logging` would write at exit.
+
+    Called before a command's closing lines, so that its last line is the one that says
+    where the outputs are, not a count of warnings.
+    """
+    for handler in logging.getLogger("brainage").handlers:
+        dedupe = getattr(handler, "brainage_dedupe", None)
+        if dedupe is not None:
+            dedupe.flush()
 
 
 # --------------------------------------------------------------------------- progress

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .console import flush_warnings
 from .exceptions import NotAvailableError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -143,5 +144,6 @@ def run_demo(out_dir, *, n_subjects: int | None = None, seed: int = 0, nprocs: i
     if report is not None:
         lines.append(f"the report: {report}")
         lines.append(f"  open it in a browser: {open_command(report)}   (or file://{report})")
+    flush_warnings()
     print("\n".join(lines))
     return exit_code

@@ -135,7 +135,7 @@ def test_setup_logging_routes_library_warnings_once(monkeypatch):
             warnings.simplefilter("always")
             for _ in range(3):
                 warnings.warn("a library's deprecation", FutureWarning, stacklevel=1)
-        handler.brainage_dedupe.flush()
+        console.flush_warnings()  # what a command calls before its closing lines
         text = stream.getvalue()
         assert text.count("FutureWarning: a library's deprecation") == 2  # once, and once in the count
         summary = [line for line in text.splitlines() if "was repeated" in line]
@@ -144,6 +144,8 @@ def test_setup_logging_routes_library_warnings_once(monkeypatch):
         # otherwise push the message itself past the line's 80 characters
         assert "test_console.py" not in summary[0]
         assert "FutureWarning: a library's deprecation" in summary[0]
+        console.flush_warnings()  # the counts are written once: at exit, nothing more
+        assert stream.getvalue() == text
     finally:
         logging.captureWarnings(False)
         root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]

@@ -197,6 +197,25 @@ def test_estimate_interval_is_the_prediction_minus_the_controls_gap_quantiles():
     assert cells["95 % interval of the corrected prediction"] == f"[{56 - hi:.1f}, {56 - lo:.1f}] y"
     pct = (controls["gap_corrected"] < 6.0).mean() * 100
     assert cells["percentile of the corrected gap"].startswith(f"{pct:.0f}th among")
+    assert f"corrected gap +6.0 years ({pct:.0f}th among" in ctx["text"]["estimate"][0]
+
+
+def test_a_participant_without_enough_reference_controls_reads_percentile_not_computed():
+    from brainage.reporting.data import ReportData
+    from brainage.reporting.participant import participant_context
+
+    controls = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(12)], "session": None,
+                             "sex": "M", "age": np.linspace(40, 60, 12), "group": "control", "site": "A",
+                             "gap_corrected": np.linspace(-3, 3, 12)})
+    row = pd.Series({"participant_id": "sub-99", "session": None, "sex": "F", "age": 50.0, "site": "A",
+                     "group": "patient", "predicted_age": 53.0, "gap": 3.0, "predicted_age_corrected": 52.0,
+                     "gap_corrected": 2.0})
+    ctx = participant_context(row, ReportData(output_dir=None, mode="train"), controls)
+    assert dict(ctx["tables"]["estimate"]["rows"])["percentile of the corrected gap"] == (
+        f"not computed: fewer than {MIN_REFERENCE} controls of the same sex and similar age")
+    assert ctx["text"]["estimate"][0].endswith(
+        f"corrected gap +2.0 years (percentile not computed: fewer than {MIN_REFERENCE} controls of the "
+        "same sex and similar age).")
 
 
 def _chromium() -> str:

@@ -83,7 +83,7 @@ def _estimate(row, controls, mae):
             f"{fmt(float(row['age']) - width, 0)}–{fmt(float(row['age']) + width, 0)}"
         )
     else:
-        percentile = f"{DASH} (fewer than {MIN_REFERENCE} controls of the same sex and similar age)"
+        percentile = f"not computed: fewer than {MIN_REFERENCE} controls of the same sex and similar age"
     rows = [
         ["chronological age", fmt(row["age"], 1, "y")],
         ["predicted brain age (uncorrected)", fmt(row["predicted_age"], 1, "y")],
@@ -128,7 +128,8 @@ def _estimate_text(row, data, interval, percentile) -> list[str]:
         f"{row['participant_id']} ({who}; {fmt(row['age'], 1)} years; sex {row.get('sex', DASH)}; site "
         f"{row.get('site', DASH)}) was {how}. Bias-corrected brain age: "
         f"{fmt(row['predicted_age_corrected'])} years, interval {interval}; corrected gap "
-        f"{signed(row['gap_corrected'], 1, 'years')} ({percentile})."
+        f"{signed(row['gap_corrected'], 1, 'years')} "
+        f"({percentile if percentile[0].isdigit() else 'percentile ' + percentile})."
     ]
 
 
