@@ -193,6 +193,29 @@ def test_alphas_are_used(data):
     assert reg.alpha_ == 7.5
 
 
+def test_a_penalty_at_the_edge_is_flagged_unless_smaller_ones_change_nothing(caplog):
+    rng = np.random.default_rng(0)
+    # more features than participants, of rank 3, and an age exactly linear in them: the
+    # least-squares fit is best, and every alpha far below the spectrum gives it; a choice at
+    # the lower edge then means nothing
+    factors = rng.normal(size=(30, 3))
+    y = 50 + factors @ np.array([10.0, -5.0, 3.0])
+    wide = {"anat": factors @ rng.normal(size=(3, 60))}
+    with caplog.at_level("WARNING", logger="brainage.estimators.classical"):
+        reg = ClassicalRegressor("ridge", alphas=[1e-3, 1e-2, 1e-1]).fit(wide, y)
+    assert reg.alpha_ == 1e-3 and "at the edge" not in caplog.text
+    # a penalty that is not negligible for the spectrum: a lower one could do better
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="brainage.estimators.classical"):
+        reg = ClassicalRegressor("ridge", alphas=[1e4, 1e5]).fit(wide, y)
+    assert reg.alpha_ == 1e4 and "chose alpha=10000 at the edge" in caplog.text
+    caplog.clear()
+    noise = {"anat": rng.normal(size=(30, 5))}  # nothing to learn: the largest penalty
+    with caplog.at_level("WARNING", logger="brainage.estimators.classical"):
+        reg = ClassicalRegressor("ridge", alphas=[1e-2, 1.0]).fit(noise, y)
+    assert reg.alpha_ == 1.0 and "chose alpha=1 at the edge" in caplog.text
+
+
 @pytest.mark.parametrize("kind", ["ridge", "gpr"])
 def test_bundle_round_trip_predicts_identically_without_pickle(kind, fitted, test_data, tmp_path):
     Xt, _ = test_data

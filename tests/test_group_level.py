@@ -81,6 +81,31 @@ def write_cohort(root, *, n=42, seed=0, sites=("siteA", "siteB"), regions=REGION
     return bids, deriv
 
 
+def write_func_maps(deriv, people, region, rng):
+    """fALFF (one region ageing with the participant) and ReHo maps at res-6 for every participant."""
+    import nibabel as nib
+
+    from brainage.atlases import load_atlas
+    from brainage.bids import TEMPLATE_SPACE, derivative_path
+
+    grid = nib.Nifti1Image(np.zeros((31, 37, 31), np.float32), np.array(
+        [[6.0, 0, 0, -90], [0, 6.0, 0, -126], [0, 0, 6.0, -72], [0, 0, 0, 1]]))
+    labels = np.asarray(load_atlas("HarvardOxford").resample_to(grid).dataobj).astype(int)
+    assert (labels == region).any()
+    paths = {}
+    for pid, age in zip(people["participant_id"], people["age"]):
+        ents = {"subject": pid.removeprefix("sub-"), "task": "rest", "datatype": "func",
+                "space": TEMPLATE_SPACE, "res": "6", "suffix": "boldmap", "extension": ".nii.gz"}
+        falff = np.where(labels > 0, rng.uniform(0.3, 0.5, labels.shape), 0.0)
+        falff[labels == region] = 0.2 + 0.005 * age + rng.normal(0, 0.005)
+        reho = np.where(labels > 0, rng.uniform(0.2, 0.4, labels.shape), 0.0)
+        for name, data in (("falff", falff), ("reho", reho)):
+            path = derivative_path(deriv, **ents, desc=name)
+            nib.save(nib.Nifti1Image(data.astype(np.float32), grid.affine), path)
+            paths[pid, name] = path
+    return paths
+
+
 def train_group(bids, deriv, config_text, *, name="group.yaml"):
     """Write ``config_text`` beside ``bids`` and run ``group --train --no-report``; the exit code."""
     config = bids.parent / name
@@ -202,6 +227,14 @@ def test_rerun_reuses_unchanged_results_and_redoes_changed_ones(tmp_path, capsys
     assert main(argv) == 0
     assert "up to date" not in capsys.readouterr().out
     assert predictions.stat().st_mtime_ns != first
+    # functional maps appear that no model reads but the atlas PID does: redone, and read
+    second = predictions.stat().st_mtime_ns
+    write_func_maps(deriv, pd.read_csv(bids / "participants.tsv", sep="\t"), 3, np.random.default_rng(0))
+    assert main(argv) == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert predictions.stat().st_mtime_ns != second
+    atlas_pid = pd.read_csv(deriv / "group" / "regions_pid.tsv", sep="\t")
+    assert (atlas_pid["func_maps"] == "falff+reho").all()
 
 
 def test_contributions_sum_to_each_out_of_fold_prediction(trained):

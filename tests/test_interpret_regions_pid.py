@@ -276,3 +276,45 @@ def test_parcel_means_average_each_map_within_atlas_regions(tmp_path):
     others = frame.loc["a"].drop(f"falff:{ATLAS}_{region}")
     assert (others == 1.0).all()
     assert frame.loc["b"].isna().all()
+
+
+def test_a_connectivity_cohort_reads_its_functional_maps_for_the_atlas_pid(tmp_path):
+    import yaml
+
+    from brainage.cohort.data import load_cohort
+    from brainage.config import parse_config
+    from brainage.group.train import atlas_pid_cohort, cohort_fingerprint, write_regions_pid
+
+    from .test_group_level import CONFIG, write_cohort, write_func_maps
+
+    bids, deriv = write_cohort(tmp_path, n=60)
+    people = pd.read_csv(bids / "participants.tsv", sep="\t")
+    region = 3  # Left_Insular_Cortex: its fALFF carries age beyond its connectivity
+    paths = write_func_maps(deriv, people, region, np.random.default_rng(3))
+    cfg = parse_config(yaml.safe_load(CONFIG)).group
+    cohort = load_cohort(bids, deriv, cfg)
+    assert {i.kind for i in cohort.inputs.values()} == {"regional", "connectivity"}
+    joined = atlas_pid_cohort(cohort, cfg, deriv)
+    maps = joined.inputs["func_maps"]
+    assert maps.spec["maps"] == ["falff", "reho"] and maps.spec["resolution"] == 6.0
+    assert maps.paths.notna().all().all() and set(cohort.inputs) < set(joined.inputs)
+
+    with_maps = tmp_path / "with"
+    write_regions_pid(with_maps, joined, seed=0)
+    without = tmp_path / "without"
+    write_regions_pid(without, cohort, seed=0)
+    a = pd.read_csv(with_maps / "regions_pid.tsv", sep="\t").set_index("index")
+    b = pd.read_csv(without / "regions_pid.tsv", sep="\t").set_index("index")
+    assert (a["func_maps"] == "falff+reho").all() and b["func_maps"].isna().all()
+    assert a.loc[region, "I_func"] > b.loc[region, "I_func"] + 0.5
+    assert a.loc[region, "I_func"] - b.loc[region, "I_func"] > (a["I_func"] - b["I_func"]).drop(region).max()
+
+    # the maps are part of what the group level's provenance hashes: a changed map redoes it
+    before = cohort_fingerprint(joined, cfg)
+    assert before == cohort_fingerprint(atlas_pid_cohort(cohort, cfg, deriv), cfg)
+    first = paths[people["participant_id"][0], "falff"]
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert cohort_fingerprint(atlas_pid_cohort(cohort, cfg, deriv), cfg) != before
+    # switched off, nothing is read beside the model inputs
+    off = cfg.model_copy(update={"regions_pid": False})
+    assert atlas_pid_cohort(cohort, off, deriv) is cohort

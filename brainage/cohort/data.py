@@ -62,7 +62,7 @@ from .participants import PARTICIPANT_COLUMNS, Unit, participant_units, subfolde
 from .spec import check_spec_features, check_spec_inputs, input_spec
 
 __all__ = ["EXCLUSION_COLUMNS", "PARTICIPANT_COLUMNS", "CohortData", "ModalityInput", "load_cohort",
-           "read_connectivity_input"]
+           "read_connectivity_input", "read_functional_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -491,3 +491,54 @@ def read_connectivity_input(derivatives_dir, cohort: CohortData, atlas: str, qc,
     spec = {"kind": "connectivity", "space": TEMPLATE_SPACE, "atlas": atlas, "resolution": None,
             "feature_names": list(reference)}
     return ModalityInput(name, "connectivity", _features(rows, parts.index, reference), None, spec)
+
+
+def read_functional_maps(derivatives_dir, cohort: CohortData, qc, maps=("falff", "reho"),
+                         name: str = "func_maps") -> ModalityInput | None:
+    """Paths of a cohort's functional MNI maps, beside its inputs.
+
+    For analyses that need the parcels' fALFF or ReHo when the models read connectivity
+    (the atlas PID of a ``kind: connectivity`` cohort). The grid is the ``res-`` at which
+    most of the cohort's participants have one of ``maps``; of ``maps``, those written at
+    that grid for at least one participant are read. A participant without them, or
+    whose runs fail ``qc``, has None; none of it enters the cohort's models or its
+    bundle spec.
+
+    Parameters
+    ----------
+    derivatives_dir : path-like
+        ``OUTPUT_DIR`` of the participant level.
+    cohort : CohortData
+    qc : brainage.config.GroupQCConfig
+        Run exclusions, as for a model input.
+    maps : sequence of str
+        Functional map names (``desc-<name>_boldmap``), in the order of the columns.
+    name : str
+        Modality name of the returned input.
+
+    Returns
+    -------
+    ModalityInput or None
+        ``kind: maps``; None when no participant has any of ``maps``.
+    """
+    from ..config.group import GroupInputConfig
+
+    root = Path(derivatives_dir)
+    parts = cohort.participants
+    units = []
+    for key, pid, session in zip(parts.index, parts["participant_id"], parts["session"]):
+        ses = str(session).removeprefix("ses-") if isinstance(session, str) and session else None
+        units.append((key, str(pid).removeprefix("sub-"), ses))
+    grids = {key: readers.functional_map_grids(root, label, ses) for key, label, ses in units}
+    per_res = Counter(res for found in grids.values() for res in {r for m, r in found if m in maps})
+    if not per_res:
+        return None
+    res = max(per_res, key=lambda r: (per_res[r], -float(r.replace("p", "."))))  # ties: the finer grid
+    present = [m for m in maps if any((m, res) in found for found in grids.values())]
+    spec = GroupInputConfig(kind="maps", maps=present, resolution=float(res.replace("p", ".")))
+    rows = []
+    for key, label, ses in units:
+        read = readers.read_maps(root, label, ses, spec, qc) if grids[key] else readers.Read(found=False)
+        rows.append([(read.paths or {}).get(m) if read.problem is None else None for m in present])
+    paths = pd.DataFrame(rows, index=parts.index, columns=present, dtype=object)
+    return ModalityInput(name, "maps", None, paths, input_spec(spec))

@@ -34,6 +34,7 @@ __all__ = [
     "REST_TASK",
     "TISSUE_COLUMNS",
     "Read",
+    "functional_map_grids",
     "read_connectivity",
     "read_maps",
     "read_regional",
@@ -280,6 +281,28 @@ def _rest_runs(root, label: str, session: str | None) -> list[dict]:
         key = (ents.get("acquisition") or "", ents.get("run") or "")
         runs[key] = {k: ents.get(k) for k in ("session", "task", "acquisition", "run")}
     return [runs[k] for k in sorted(runs, key=lambda k: (k[0], k[1].zfill(8)))]
+
+
+def functional_map_grids(root, label: str, session: str | None) -> set[tuple[str, str]]:
+    """Return the ``(map, res label)`` pairs of a participant's resting-state ``desc-<map>_boldmap`` files.
+
+    What the participant level wrote, whatever the configuration asks; for choosing the
+    grid of maps read beside the model inputs (:func:`brainage.cohort.data.read_functional_maps`).
+    """
+    probe = derivative_path(root, subject=label, session=session, task=REST_TASK,
+                            datatype="func", desc="qc", suffix="bold", extension=".json")
+    try:
+        names = [e.name for e in os.scandir(probe.parent) if e.is_file()]
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        if not name.endswith("_boldmap.nii.gz") or f"_task-{REST_TASK}_" not in name:
+            continue
+        ents = dict(part.partition("-")[::2] for part in name.split("_")[1:-1] if "-" in part)
+        if ents.get("space") == TEMPLATE_SPACE and ents.get("res") and ents.get("desc"):
+            found.add((ents["desc"], ents["res"]))
+    return found
 
 
 def _run_name(ents: dict) -> str:

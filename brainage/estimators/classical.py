@@ -67,6 +67,18 @@ logger = logging.getLogger(__name__)
 CLASSICAL_KINDS = ("ridge", "gpr")
 #: Ridge penalties tried by default (10⁻³ … 10⁵, two per decade).
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
+
+
+def _negligible_penalty(Z: np.ndarray, alpha: float) -> bool:
+    """Return True when ``alpha`` is below 0.1 % of every nonzero eigenvalue of the centred ``Z'Z``.
+
+    A smaller penalty then changes the ridge fit by less than that: it is already, in effect,
+    least squares (the minimum-norm solution when there are more features than participants),
+    so a choice at the lower edge of the alphas is no reason to search lower.
+    """
+    s = np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False)
+    nonzero = s[s > s.max() * 1e-8] if s.size and s.max() > 0 else s[:0]
+    return bool(nonzero.size) and alpha < 1e-3 * float(nonzero.min()) ** 2
 #: Upper bound of the PCA components in front of the GPR.
 MAX_GPR_COMPONENTS = 100
 _MIN_TRAIN = 3
@@ -303,7 +315,9 @@ class ClassicalRegressor(BundleIO, RegressorMixin, BaseEstimator):
         self.coef_ = np.asarray(ridge.coef_, dtype=float).reshape(-1)
         self.intercept_ = float(ridge.intercept_)
         self.alpha_ = float(ridge.alpha_)
-        if alphas.size > 1 and self.alpha_ in (alphas.min(), alphas.max()):
+        at_edge = alphas.size > 1 and (self.alpha_ == alphas.max() or (
+            self.alpha_ == alphas.min() and not _negligible_penalty(Z, self.alpha_)))
+        if at_edge:
             logger.warning(
                 "Ridge chose alpha=%g at the edge of the alphas tried (%g … %g): the best penalty may lie "
                 "beyond them; search wider with group.model_params.<model>: {alphas: [...]}",

@@ -32,7 +32,14 @@ from ..exceptions import GroupLevelError, ModelBundleError
 from .cv import ModelRun
 from .outputs import group_dir, write_json
 from .summary import predictions_table
-from .train import BUNDLE_KIND, GroupOutputs, headline_metrics, write_common, write_regions_pid
+from .train import (
+    BUNDLE_KIND,
+    GroupOutputs,
+    atlas_pid_cohort,
+    headline_metrics,
+    write_common,
+    write_regions_pid,
+)
 from .transforms import FeatureTransforms
 
 logger = logging.getLogger(__name__)
@@ -136,8 +143,8 @@ def apply_bundle(bids_dir, output_dir, bundle, *, device: str = "auto") -> Group
     })
     # The atlas PID describes this cohort's own controls (nothing of the bundle is used), as a
     # training run describes its cohort.
-    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed,
-                                   derivatives_dir=output_dir, qc=cfg.qc))
+    files.update(write_regions_pid(out, atlas_pid_cohort(cohort, cfg, output_dir),
+                                   enabled=cfg.regions_pid, seed=cfg.cv.seed))
     files["applied"] = write_json({"bundle": str(Path(bundle).resolve()),
                                    "bundle_digest": bundle_digest(bundle), "model": name,
                                    "n_predicted": len(keys),

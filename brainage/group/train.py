@@ -24,8 +24,15 @@ from .summary import NOT_ACCURACY, age_summary, groups_table, metrics_report, pi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupOutputs", "control_labels_present", "headline_metrics", "train_group", "write_regions",
-           "write_regions_pid"]
+__all__ = [
+    "GroupOutputs",
+    "atlas_pid_cohort",
+    "control_labels_present",
+    "headline_metrics",
+    "train_group",
+    "write_regions",
+    "write_regions_pid",
+]
 
 BUNDLE_KIND = "brainage-group-model"
 
@@ -158,7 +165,8 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     cfg = config.group
     out = group_dir(output_dir)
     cohort = load_cohort(bids_dir, output_dir, cfg)
-    fp = cohort_fingerprint(cohort, cfg)
+    pid_cohort = atlas_pid_cohort(cohort, cfg, output_dir)
+    fp = cohort_fingerprint(pid_cohort, cfg)
     reused = _reuse(out, fp)
     if reused is not None:
         logger.info("group level up to date (same inputs, configuration and code): %s", out)
@@ -186,8 +194,7 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     if result.runs[primary].region_attributions is not None:
         files.update(write_regions(out, cohort.participants, result.runs[primary].region_attributions,
                                    seed=cfg.cv.seed))
-    files.update(write_regions_pid(out, cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed,
-                                   derivatives_dir=output_dir, qc=cfg.qc))
+    files.update(write_regions_pid(out, pid_cohort, enabled=cfg.regions_pid, seed=cfg.cv.seed))
 
     # The primary model retrained on all controls, with the correction fitted on their
     # out-of-fold predictions (from models that never saw them).
@@ -275,24 +282,40 @@ def _save_map(files: dict, out: Path, name: str, make_image) -> None:
 REGIONS_PID_ATOMS = ("U_struct", "U_func", "R", "S")
 
 
-def _with_connectivity(cohort, root, qc):
-    """Return the cohort plus the connectivity on its regional atlas, read for the atlas PID.
+def atlas_pid_cohort(cohort, cfg, derivatives_dir):
+    """Return the cohort the atlas PID reads: the model inputs plus what it needs beside them.
 
-    When the functional models read maps, the atlas PID still needs each region's
-    connectivity profile; it comes from the participant level's matrices, beside the
-    model inputs. Returns None when there is nothing to add or no matrix to read.
+    When no connectivity input shares an atlas with a regional one (the functional models
+    read maps), the connectivity on the regional atlas comes from the participant level's
+    matrices; when no functional maps are among the inputs (they read connectivity), the
+    fALFF and ReHo maps do, for the parcels' means. Neither enters a model or the bundle.
+    Read before :func:`cohort_fingerprint`, which then covers them: a changed matrix or map
+    redoes the group level. Returns ``cohort`` itself when nothing is added or
+    ``group.regions_pid`` is off.
     """
-    from ..cohort.data import CohortData, read_connectivity_input
+    from ..cohort.data import CohortData, read_connectivity_input, read_functional_maps
+    from ..interpret.regions_pid import paired_inputs
 
-    if root is None or qc is None or any(i.kind == "connectivity" for i in cohort.inputs.values()):
-        return None
-    atlases = [i.spec.get("atlas") for i in cohort.inputs.values() if i.kind == "regional"]
-    for atlas in dict.fromkeys(a for a in atlases if a):
-        extra = read_connectivity_input(root, cohort, str(atlas), qc)
-        if extra is not None:
-            return CohortData(cohort.participants, {**cohort.inputs, extra.name: extra},
-                              cohort.exclusions, cohort.control_labels)
-    return None
+    if not cfg.regions_pid or derivatives_dir is None:
+        return cohort
+    extra = {}
+    if paired_inputs(cohort)[0] is None:
+        atlases = [i.spec.get("atlas") for i in cohort.inputs.values() if i.kind == "regional"]
+        for atlas in dict.fromkeys(a for a in atlases if a):
+            conn = read_connectivity_input(derivatives_dir, cohort, str(atlas), cfg.qc)
+            if conn is not None and conn.name not in cohort.inputs:
+                extra[conn.name] = conn
+                break
+        if not extra:
+            return cohort  # no pair: no atlas PID, nothing more to read
+    if not any(i.kind == "maps" and i.spec.get("stage") == "func" for i in cohort.inputs.values()):
+        maps = read_functional_maps(derivatives_dir, cohort, cfg.qc)
+        if maps is not None and maps.name not in cohort.inputs:
+            extra[maps.name] = maps
+    if not extra:
+        return cohort
+    return CohortData(cohort.participants, {**cohort.inputs, **extra}, cohort.exclusions,
+                      cohort.control_labels)
 
 
 def _local_map_means(cohort, pair):
@@ -311,18 +334,16 @@ def _local_map_means(cohort, pair):
         return None
 
 
-def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
-                      derivatives_dir=None, qc=None) -> dict:
+def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0) -> dict:
     """Write ``regions_pid.tsv`` (+ sidecar) and ``regions_pid_<atom>.nii.gz``; return the paths.
 
     The atlas PID of :func:`brainage.interpret.regions_pid.regions_pid` (the controls' age from
     each region's GM volume and connectivity profile). Skipped, with the reason logged and
     the files of an earlier run removed, when ``enabled`` is false (``group.regions_pid``), when
     no regional and connectivity input share an atlas, or when the PID cannot be computed (too
-    few controls). A map that cannot be made is logged and skipped. With ``derivatives_dir``
-    and ``qc`` (``group.qc``), a cohort whose functional input is not connectivity gets the
-    connectivity of its regional atlas read from the derivatives for this analysis only; the
-    region means of its functional maps join each region's connectivity components.
+    few controls). A map that cannot be made is logged and skipped. The region means of the
+    cohort's functional maps join each region's connectivity components. Pass the cohort of
+    :func:`atlas_pid_cohort` for the inputs read beside the models'.
     """
     from ..exceptions import GroupLevelError
     from ..interpret.regions_pid import atom_image, paired_inputs, regions_pid
@@ -331,11 +352,6 @@ def write_regions_pid(out: Path, cohort, *, enabled: bool = True, seed: int = 0,
     stale = [out / "regions_pid.tsv", out / "regions_pid.json",
              *(out / f"regions_pid_{atom}.nii.gz" for atom in REGIONS_PID_ATOMS)]
     pair, why = paired_inputs(cohort) if enabled else (None, "group.regions_pid is false")
-    if pair is None and enabled:
-        joined = _with_connectivity(cohort, derivatives_dir, qc)
-        if joined is not None:
-            cohort = joined
-            pair, why = paired_inputs(cohort)
     table = None
     if pair is not None:
         try:
