@@ -21,11 +21,14 @@ retries tasks lost with a worker.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,7 +344,8 @@ def run_participants(
     if not tasks:
         return summary
     backend = _make_backend(config, nprocs, scheduler_address)
-    scheduler = _Scheduler(tasks, backend, summary, config.run.retries)
+    scheduler = _Scheduler(tasks, backend, summary, config.run.retries,
+                           local_scratch=bool(work_dir) or not scheduler_address)
     _log_scratch_folder(output_dir, work_dir, scheduler_address)
     try:
         scheduler.run()
@@ -381,8 +385,9 @@ class _Scheduler:
     Only losses while a task ran alone count against its ``retries``.
     """
 
-    def __init__(self, tasks, backend, summary: RunSummary, retries: int):
+    def __init__(self, tasks, backend, summary: RunSummary, retries: int, *, local_scratch: bool = True):
         self.backend = backend
+        self.local_scratch = local_scratch
         self.capacity = backend.capacity
         self.summary = summary
         self.retries = retries
@@ -442,7 +447,9 @@ class _Scheduler:
     def _submit(self, key: str) -> None:
         for entry in self.running.values():
             entry[1] = False
-        self.running[self.backend.submit(self.pending.pop(key))] = [key, not self.running]
+        task = dataclasses.replace(self.pending.pop(key), submission=uuid.uuid4().hex[:8])
+        self.by_key[key] = task
+        self.running[self.backend.submit(task)] = [key, not self.running]
 
     def _submit_next(self) -> None:
         """Submit a ready suspect alone once nothing runs, else ready tasks up to capacity."""
@@ -468,8 +475,14 @@ class _Scheduler:
             self._finish(result)
 
     def _after_worker_loss(self, key: str, alone: bool) -> TaskResult | None:
-        """Requeue a task whose worker died; its failure once it died alone too often."""
+        """Requeue a task whose worker died; its failure once it died alone too often.
+
+        The dead attempt's staging folder (half-written outputs) is removed, and its scratch
+        folder too unless ``--keep-work`` (where this process can reach it: not on the hosts
+        of Dask workers when no ``-w`` folder is shared).
+        """
         task = self.by_key[key]
+        _remove_attempt_folders(task, local=self.local_scratch)
         self.attempts[key] += alone
         if not alone or self.attempts[key] <= self.retries:
             logger.warning("%s: worker lost; retrying", key)
@@ -481,6 +494,24 @@ class _Scheduler:
             "the worker process died while running this task (out of memory, or a "
             "crash in native code); rerun with fewer --nprocs or more memory",
         )
+
+
+def _remove_attempt_folders(task: ParticipantTask, *, local: bool) -> None:
+    """Remove the staging (and, unless ``keep_work``, scratch) folders of a submission of ``task``."""
+    if not task.submission:
+        return
+    pattern = task.folder_name("*")
+    work_root = Path(task.work_dir) if task.work_dir else default_work_dir(task.output_dir)
+    for folder in (Path(task.output_dir) / ".staging").glob(pattern):
+        shutil.rmtree(folder, ignore_errors=True)
+    if not local:
+        return
+    for folder in work_root.glob(pattern):
+        if task.keep_work:
+            logger.warning("%s: scratch files of the attempt whose worker died kept in %s (--keep-work)",
+                           task.key, folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remove_empty_scratch(output_dir: Path, work_root: Path | None) -> None:

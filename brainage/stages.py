@@ -260,6 +260,14 @@ class ParticipantTask:
     threads: int = 1
     #: Keep the scratch folder of a failed task (``--keep-work``; successful ones are always removed).
     keep_work: bool = False
+    #: Set by the scheduler for each submission: the prefix of this attempt's staging and scratch
+    #: folder names, so that it can remove them when the worker dies under the task.
+    submission: str | None = None
+
+    def folder_name(self, token: str) -> str:
+        """Name of this attempt's staging and scratch folders (``token``: unique per execution)."""
+        prefix = f"{self.submission}-" if self.submission else ""
+        return f"sub-{self.subject}_{self.stage.name}_{prefix}{token}"
 
     @property
     def key(self) -> str:
@@ -330,10 +338,10 @@ def execute_task(task: ParticipantTask) -> TaskResult:
 
     _limit_threads(task.threads)
     output_dir = Path(task.output_dir)
-    token = uuid.uuid4().hex[:8]
-    staging = output_dir / ".staging" / f"sub-{task.subject}_{task.stage.name}_{token}"
+    name = task.folder_name(uuid.uuid4().hex[:8])
+    staging = output_dir / ".staging" / name
     work_root = Path(task.work_dir) if task.work_dir else default_work_dir(output_dir)
-    work = work_root / f"sub-{task.subject}_{task.stage.name}_{token}"
+    work = work_root / name
     staging.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     config = PipelineConfig.model_validate(task.config)

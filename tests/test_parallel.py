@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,21 @@ def test_worker_death_is_retried_then_reported(bids_factory, tmp_path):
     assert [r.subject for r in summary.failed] == ["crash"]
     assert "worker process died" in summary.failed[0].error
     assert _calls(out).count("sub-crash:crash") == 2  # first attempt + one retry (run.retries=1)
+
+
+@pytest.mark.parametrize("keep_work", [False, True])
+def test_a_dead_workers_staging_and_scratch_folders_are_removed(bids_factory, tmp_path, keep_work, caplog):
+    bids = bids_factory({"crash": [{"suffix": "T1w"}]})
+    out, work = tmp_path / "out", tmp_path / "work"
+    spec = StageSpec("anat", "tests._stages:run_crash")
+    with caplog.at_level(logging.WARNING, logger="brainage.parallel"):
+        summary = run_participants(discover_inputs(bids), [spec], load_config("default"), out, nprocs=1,
+                                   work_dir=work, keep_work=keep_work)
+    assert [r.subject for r in summary.failed] == ["crash"]
+    assert not list((out / ".staging").glob("sub-crash_*"))  # no half-written outputs left behind
+    kept = sorted(p.name for p in work.glob("sub-crash_anat_*"))
+    assert len(kept) == (2 if keep_work else 0)  # both attempts' scratch, only with --keep-work
+    assert ("scratch files of the attempt whose worker died kept" in caplog.text) == keep_work
 
 
 def test_excluded_is_recorded_not_failed(three, tmp_path):
