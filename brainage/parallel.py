@@ -501,12 +501,11 @@ def _remove_attempt_folders(task: ParticipantTask, *, local: bool) -> None:
     if not task.submission:
         return
     pattern = task.folder_name("*")
-    work_root = Path(task.work_dir) if task.work_dir else default_work_dir(task.output_dir)
     for folder in (Path(task.output_dir) / ".staging").glob(pattern):
         shutil.rmtree(folder, ignore_errors=True)
     if not local:
         return
-    for folder in work_root.glob(pattern):
+    for folder in task.work_root.glob(pattern):
         if task.keep_work:
             logger.warning("%s: scratch files of the attempt whose worker died kept in %s (--keep-work)",
                            task.key, folder)

@@ -264,6 +264,11 @@ class ParticipantTask:
     #: folder names, so that it can remove them when the worker dies under the task.
     submission: str | None = None
 
+    @property
+    def work_root(self) -> Path:
+        """The folder holding this task's scratch folders (``-w``, else :func:`default_work_dir`)."""
+        return Path(self.work_dir) if self.work_dir else default_work_dir(self.output_dir)
+
     def folder_name(self, token: str) -> str:
         """Name of this attempt's staging and scratch folders (``token``: unique per execution)."""
         prefix = f"{self.submission}-" if self.submission else ""
@@ -340,8 +345,7 @@ def execute_task(task: ParticipantTask) -> TaskResult:
     output_dir = Path(task.output_dir)
     name = task.folder_name(uuid.uuid4().hex[:8])
     staging = output_dir / ".staging" / name
-    work_root = Path(task.work_dir) if task.work_dir else default_work_dir(output_dir)
-    work = work_root / name
+    work = task.work_root / name
     staging.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     config = PipelineConfig.model_validate(task.config)

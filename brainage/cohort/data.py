@@ -450,6 +450,13 @@ def load_cohort(bids_dir, derivatives_dir, group_config, *, spec: dict | None = 
     return CohortData(participants, inputs, exclusions, tuple(cfg.control_labels))
 
 
+def _labels(parts: pd.DataFrame):
+    """Yield ``(key, participant label, session label or None)`` of each participants row."""
+    for key, pid, session in zip(parts.index, parts["participant_id"], parts["session"]):
+        ses = str(session).removeprefix("ses-") if isinstance(session, str) and session else None
+        yield key, str(pid).removeprefix("sub-"), ses
+
+
 def read_connectivity_input(derivatives_dir, cohort: CohortData, atlas: str, qc,
                             name: str = "func_connectivity") -> ModalityInput | None:
     """Read the connectivity edges on ``atlas`` of a cohort's participants, beside its inputs.
@@ -478,10 +485,8 @@ def read_connectivity_input(derivatives_dir, cohort: CohortData, atlas: str, qc,
     """
     root = Path(derivatives_dir)
     parts = cohort.participants
-    reads = {}
-    for key, pid, session in zip(parts.index, parts["participant_id"], parts["session"]):
-        ses = str(session).removeprefix("ses-") if isinstance(session, str) and session else None
-        reads[key] = readers.read_connectivity(root, str(pid).removeprefix("sub-"), ses, atlas, qc)
+    reads = {key: readers.read_connectivity(root, label, ses, atlas, qc)
+             for key, label, ses in _labels(parts)}
     good = {k: r for k, r in reads.items() if r.problem is None and r.found}
     reference = _reference_names(good)
     if reference is None:
@@ -525,17 +530,15 @@ def read_functional_maps(derivatives_dir, cohort: CohortData, qc, maps=("falff",
 
     root = Path(derivatives_dir)
     parts = cohort.participants
-    units = []
-    for key, pid, session in zip(parts.index, parts["participant_id"], parts["session"]):
-        ses = str(session).removeprefix("ses-") if isinstance(session, str) and session else None
-        units.append((key, str(pid).removeprefix("sub-"), ses))
+    units = list(_labels(parts))
     grids = {key: readers.functional_map_grids(root, label, ses) for key, label, ses in units}
     per_res = Counter(res for found in grids.values() for res in {r for m, r in found if m in maps})
     if not per_res:
         return None
-    res = max(per_res, key=lambda r: (per_res[r], -float(r.replace("p", "."))))  # ties: the finer grid
+    mm = {r: float(r.replace("p", ".")) for r in per_res}  # res label -> mm ("1p5" -> 1.5)
+    res = max(per_res, key=lambda r: (per_res[r], -mm[r]))  # ties: the finer grid
     present = [m for m in maps if any((m, res) in found for found in grids.values())]
-    spec = GroupInputConfig(kind="maps", maps=present, resolution=float(res.replace("p", ".")))
+    spec = GroupInputConfig(kind="maps", maps=present, resolution=mm[res])
     rows = []
     for key, label, ses in units:
         read = readers.read_maps(root, label, ses, spec, qc) if grids[key] else readers.Read(found=False)

@@ -265,14 +265,19 @@ def _entities_of(name: str) -> dict:
     return out
 
 
-def _rest_runs(root, label: str, session: str | None) -> list[dict]:
-    """Entities of every resting-state run with a QC record or a derivative in ``func/``."""
+def _func_files(root, label: str, session: str | None) -> list[str]:
+    """Names of the files in a participant's (session's) ``func/`` derivatives folder (none: [])."""
     probe = derivative_path(root, subject=label, session=session, task=REST_TASK,
                             datatype="func", desc="qc", suffix="bold", extension=".json")
     try:
-        names = [e.name for e in os.scandir(probe.parent) if e.is_file()]
+        return [e.name for e in os.scandir(probe.parent) if e.is_file()]
     except OSError:
         return []
+
+
+def _rest_runs(root, label: str, session: str | None) -> list[dict]:
+    """Entities of every resting-state run with a QC record or a derivative in ``func/``."""
+    names = _func_files(root, label, session)
     runs = {}
     for name in names:
         ents = _entities_of(name)
@@ -289,14 +294,8 @@ def functional_map_grids(root, label: str, session: str | None) -> set[tuple[str
     What the participant level wrote, whatever the configuration asks; for choosing the
     grid of maps read beside the model inputs (:func:`brainage.cohort.data.read_functional_maps`).
     """
-    probe = derivative_path(root, subject=label, session=session, task=REST_TASK,
-                            datatype="func", desc="qc", suffix="bold", extension=".json")
-    try:
-        names = [e.name for e in os.scandir(probe.parent) if e.is_file()]
-    except OSError:
-        return set()
     found = set()
-    for name in names:
+    for name in _func_files(root, label, session):
         if not name.endswith("_boldmap.nii.gz") or f"_task-{REST_TASK}_" not in name:
             continue
         ents = dict(part.partition("-")[::2] for part in name.split("_")[1:-1] if "-" in part)

@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 CLASSICAL_KINDS = ("ridge", "gpr")
 #: Ridge penalties tried by default (10⁻³ … 10⁵, two per decade).
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
+#: Upper bound of the PCA components in front of the GPR.
+MAX_GPR_COMPONENTS = 100
+_MIN_TRAIN = 3
 
 
 def _negligible_penalty(Z: np.ndarray, alpha: float) -> bool:
@@ -79,9 +82,6 @@ def _negligible_penalty(Z: np.ndarray, alpha: float) -> bool:
     s = np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False)
     nonzero = s[s > s.max() * 1e-8] if s.size and s.max() > 0 else s[:0]
     return bool(nonzero.size) and alpha < 1e-3 * float(nonzero.min()) ** 2
-#: Upper bound of the PCA components in front of the GPR.
-MAX_GPR_COMPONENTS = 100
-_MIN_TRAIN = 3
 
 
 def _as_tabular(name: str, value, role: str) -> np.ndarray:

@@ -78,12 +78,13 @@ def _estimate(row, controls, mae):
     ref_gaps = ref["gap_corrected"].dropna()
     if len(ref_gaps) >= MIN_REFERENCE and width is not None:
         pct = percentileofscore(ref_gaps, float(row["gap_corrected"]), kind="mean")
-        percentile = (
+        percentile = in_text = (
             f"{fmt(pct, 0)}th among {len(ref_gaps)} controls of the same sex aged "
             f"{fmt(float(row['age']) - width, 0)}–{fmt(float(row['age']) + width, 0)}"
         )
     else:
         percentile = f"not computed: fewer than {MIN_REFERENCE} controls of the same sex and similar age"
+        in_text = f"percentile {percentile}"
     rows = [
         ["chronological age", fmt(row["age"], 1, "y")],
         ["predicted brain age (uncorrected)", fmt(row["predicted_age"], 1, "y")],
@@ -112,7 +113,7 @@ def _estimate(row, controls, mae):
             f"The model's out-of-sample MAE on controls is {fmt(mae, 1, 'y')}."
         ),
     )
-    return table, interval, percentile
+    return table, interval, in_text
 
 
 def _estimate_text(row, data, interval, percentile) -> list[str]:
@@ -128,8 +129,7 @@ def _estimate_text(row, data, interval, percentile) -> list[str]:
         f"{row['participant_id']} ({who}; {fmt(row['age'], 1)} years; sex {row.get('sex', DASH)}; site "
         f"{row.get('site', DASH)}) was {how}. Bias-corrected brain age: "
         f"{fmt(row['predicted_age_corrected'])} years, interval {interval}; corrected gap "
-        f"{signed(row['gap_corrected'], 1, 'years')} "
-        f"({percentile if percentile[0].isdigit() else 'percentile ' + percentile})."
+        f"{signed(row['gap_corrected'], 1, 'years')} ({percentile})."
     ]
 
 
