@@ -261,7 +261,7 @@ def test_parcel_means_average_each_map_within_atlas_regions(tmp_path):
     import nibabel as nib
 
     from brainage.atlases import load_atlas
-    from brainage.interpret.regions_pid import parcel_means
+    from brainage.cohort.parcels import parcel_means
 
     atlas = load_atlas(ATLAS)
     grid = nib.Nifti1Image(np.zeros((23, 27, 23), np.float32), np.array(

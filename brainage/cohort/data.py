@@ -34,7 +34,9 @@ Features
     Fisher-z matrix in row-major order; several resting-state runs are averaged
     edge by edge over the runs passing QC. The region set is the one most
     participants have; a participant whose table lists other regions is
-    excluded for that modality. ``maps``: absolute paths, one column per map.
+    excluded for that modality. ``parcels``: ``<map>:<atlas>_<index>``, the mean
+    of each map in each atlas region on the maps' grid (:mod:`.parcels`), map by
+    map. ``maps``: absolute paths, one column per map.
 
 Examples
 --------
@@ -79,7 +81,7 @@ class ModalityInput:
     ----------
     name : str
         Key in ``group.inputs`` (e.g. ``"anat"``).
-    kind : {"regional", "connectivity", "maps"}
+    kind : {"regional", "connectivity", "parcels", "maps"}
     features : pandas.DataFrame or None
         Tabular kinds: float64, index = the participants' index, one column per
         feature; a participant without this modality (``missing_modality:
@@ -239,6 +241,8 @@ def _read(root: Path, unit: Unit, spec, qc) -> readers.Read:
                                      spec.normalize)
     if spec.kind == "connectivity":
         return readers.read_connectivity(root, unit.label, unit.session, spec.atlas, qc)
+    if spec.kind == "parcels":
+        return readers.read_parcels(root, unit.label, unit.session, spec, qc)
     return readers.read_maps(root, unit.label, unit.session, spec, qc)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "functional_map_grids",
     "read_connectivity",
     "read_maps",
+    "read_parcels",
     "read_regional",
     "registration_similarity",
 ]
@@ -508,3 +509,48 @@ def read_maps(root, label: str, session: str | None, spec, qc) -> Read:
             continue
         return Read(paths={m: str(p.resolve()) for m, p in paths.items()})
     return _no_usable_run(problems)
+
+
+# --------------------------------------------------------------------------- parcels
+def read_parcels(root, label: str, session: str | None, spec, qc) -> Read:
+    """Mean of each of ``spec.maps`` in each region of ``spec.atlas``, of one participant.
+
+    The maps are those :func:`read_maps` finds (the first resting-state run passing
+    ``qc`` for functional maps); the means are :func:`brainage.cohort.parcels.region_means`
+    on the atlas resampled to the maps' grid, named ``<map>:<atlas>_<index>`` in map order,
+    then region order. A region in which a map has no data voxel (the participant's brain
+    mask misses it) is a problem, not a NaN feature.
+    """
+    import nibabel as nib
+
+    from .parcels import atlas_labels, feature_name, region_means
+
+    found = read_maps(root, label, session, spec, qc)
+    if found.problem is not None:
+        return found
+    values, names = [], []
+    for map_name, path in found.paths.items():
+        try:
+            img = nib.load(path)
+            data = np.asarray(img.dataobj, dtype=np.float64)
+        except Exception as exc:  # nibabel raises many types; any is this participant's problem
+            return _bad(path, f"not a readable NIfTI image ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
+        labels, present = atlas_labels(spec.atlas, img)
+        if data.ndim != 3 or data.size != labels.size:
+            return _bad(path, f"expected a 3D map on the res-{res_label(spec.resolution)} MNI grid, "
+                        f"found shape {data.shape}")
+        means = region_means(data, labels, present)
+        empty = np.flatnonzero(~np.isfinite(means))
+        if empty.size:
+            shown = ", ".join(str(int(present[j])) for j in empty[:5])
+            return Read(
+                problem=f"{path}: no data in {empty.size} region(s) of atlas {spec.atlas} (index "
+                f"{shown}{' …' if empty.size > 5 else ''}): the map is zero or NaN there, so its "
+                "brain mask misses them; check this participant's registration and mask, or use "
+                "an atlas of larger regions",
+                category=f"map empty in atlas-{spec.atlas} regions",
+            )
+        values.append(means)
+        names += [feature_name(map_name, spec.atlas, index) for index in present]
+    return Read(values=np.concatenate(values), names=tuple(names))

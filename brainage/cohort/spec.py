@@ -3,8 +3,8 @@
 :attr:`brainage.cohort.data.CohortData.spec` is ``{"inputs": {modality: spec},
 "control_labels": [...]}``; each modality's spec is JSON-able: ``kind``,
 ``space``, ``atlas`` (tabular kinds) or ``maps`` and ``resolution``
-(``maps``), ``tissue`` (``regional``) and, for tabular kinds, the
-``feature_names`` in the bundle's column order.
+(``maps``; ``parcels`` has all three), ``tissue`` (``regional``) and, for
+tabular kinds, the ``feature_names`` in the bundle's column order.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ COMPARED_KEYS = ("kind", "atlas", "tissue", "maps", "resolution")
 def input_spec(cfg) -> dict:
     """Return the spec of a ``group.inputs`` entry (``feature_names`` come after reading)."""
     spec = {"kind": cfg.kind, "space": TEMPLATE_SPACE}
-    if cfg.kind == "maps":
+    if cfg.kind in ("maps", "parcels"):
         spec.update(maps=list(cfg.maps), resolution=float(cfg.resolution), stage=cfg.stage)
-        if getattr(cfg, "atlas", None):  # the regions its attributions are summed in
+        if getattr(cfg, "atlas", None):  # parcels: the regions; maps: where attributions are summed
             spec["atlas"] = cfg.atlas
     else:
         spec.update(atlas=cfg.atlas, resolution=None)
@@ -39,6 +39,9 @@ def describe_input(spec: dict) -> str:
     kind = spec.get("kind")
     if kind == "maps":
         return f"maps {', '.join(spec.get('maps') or [])} at res {spec.get('resolution')}"
+    if kind == "parcels":
+        return (f"parcel means of {', '.join(spec.get('maps') or [])} at res "
+                f"{spec.get('resolution')} on atlas-{spec.get('atlas')}")
     tissue = " + tissue" if spec.get("tissue") else ""
     return f"{kind} atlas-{spec.get('atlas')}{tissue}"
 

@@ -49,13 +49,15 @@ _INPUT_KEYS = {
     "regional": ("kind", "atlas", "tissue", "normalize", "select", "pca"),
     "connectivity": ("kind", "atlas", "select", "pca"),
     "maps": ("kind", "maps", "resolution", "atlas"),
+    "parcels": ("kind", "maps", "resolution", "atlas", "select", "pca"),
 }
 #: Keys an input of each kind may leave out.
 _OPTIONAL_KEYS = {"regional": ("tissue", "normalize", "select", "pca"),
                   "connectivity": ("select", "pca"),
-                  "maps": ("atlas",)}
+                  "maps": ("atlas",),
+                  "parcels": ("select", "pca")}
 #: Kinds a modality called ``anat`` / ``func`` may have (other names may have any kind).
-_KINDS_OF = {"anat": ("regional", "maps"), "func": ("connectivity", "maps")}
+_KINDS_OF = {"anat": ("regional", "maps", "parcels"), "func": ("connectivity", "maps", "parcels")}
 _MODALITY_RE = re.compile(r"^[a-z][a-z0-9]*$")
 
 
@@ -102,18 +104,21 @@ class GroupInputConfig(_Section):
     functional stage's Fisher-z connectivity matrix of ``atlas``) or ``kind:
     maps`` (paths of MNI-space maps at the ``resolution`` grid, read by the 3D
     encoders; an optional volume ``atlas`` sets the regions their attributions are
-    summed in, :data:`brainage.interpret.map_regions.DEFAULT_ATLAS` without one).
+    summed in, :data:`brainage.interpret.map_regions.DEFAULT_ATLAS` without one) or
+    ``kind: parcels`` (the mean of each of those maps in each region of a volume
+    ``atlas``: a tabular input, e.g. the parcels' fALFF and ReHo for an MLP or
+    ridge; features ``<map>:<atlas>_<index>``, :mod:`brainage.cohort.parcels`).
     A tabular input may set ``select: K`` (keep the ``K`` features
     most correlated with age) and ``pca: K`` (reduce the z-scored features to
     ``K`` principal components), both fitted on each training fold
     (:mod:`brainage.group.transforms`).
     """
 
-    kind: Literal["regional", "connectivity", "maps"]
+    kind: Literal["regional", "connectivity", "maps", "parcels"]
     atlas: str | None = Field(
         default=None,
-        description="Atlas id of the registry (regional, connectivity; maps: the volume atlas "
-        "whose regions the map attributions are summed in, default HarvardOxford).",
+        description="Atlas id of the registry (regional, connectivity, parcels; maps: the volume "
+        "atlas whose regions the map attributions are summed in, default HarvardOxford).",
     )
     tissue: bool = Field(
         default=True,
@@ -121,11 +126,12 @@ class GroupInputConfig(_Section):
     )
     maps: list[str] | None = Field(
         default=None,
-        description=f"maps: structural ({', '.join(ANAT_MAPS)}) or functional "
+        description=f"maps, parcels: structural ({', '.join(ANAT_MAPS)}) or functional "
         f"({', '.join(FUNC_MAPS)}) maps, one stage per input.",
     )
     resolution: float | None = Field(
-        default=None, gt=0, le=6, description="maps: MNI grid (mm) of the maps (the `res-` entity)."
+        default=None, gt=0, le=6,
+        description="maps, parcels: MNI grid (mm) of the maps (the `res-` entity)."
     )
     normalize: Literal["none", "tiv"] = Field(
         default="none",
@@ -134,13 +140,13 @@ class GroupInputConfig(_Section):
     )
     select: int | None = Field(
         default=None, ge=1,
-        description="regional, connectivity: keep the features most correlated with age "
+        description="regional, connectivity, parcels: keep the features most correlated with age "
         "(F-test on each training fold's controls; none: keep every feature).",
     )
     pca: int | None = Field(
         default=None, ge=1,
-        description="regional, connectivity: reduce the z-scored features to this many principal "
-        "components, fitted on each training fold (none: keep every feature).",
+        description="regional, connectivity, parcels: reduce the z-scored features to this many "
+        "principal components, fitted on each training fold (none: keep every feature).",
     )
 
     @field_validator("atlas")
@@ -157,9 +163,10 @@ class GroupInputConfig(_Section):
                 f"unknown atlas {value!r}; {hint}known atlases: {', '.join(known)}; got {value!r}"
             )
         kind = info.data.get("kind")
-        if kind in ("regional", "maps") and _atlas_kind(known[value]) == "coords":
+        if kind in ("regional", "maps", "parcels") and _atlas_kind(known[value]) == "coords":
             volumes = [k for k, p in known.items() if _atlas_kind(p) == "volume"]
-            what = "regional GM volumes need" if kind == "regional" else "map attributions need"
+            what = {"regional": "regional GM volumes need", "maps": "map attributions need",
+                    "parcels": "parcel means need"}[kind]
             raise ValueError(
                 f"atlas {value!r} is a set of coordinates; {what} a volume "
                 f"atlas ({', '.join(volumes)}); got {value!r}"
@@ -201,8 +208,9 @@ class GroupInputConfig(_Section):
             )
         needed = [k for k in keys if k not in _OPTIONAL_KEYS[self.kind] and getattr(self, k) is None]
         if needed:
-            example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]",
-                       "resolution": "resolution: 2.0"}
+            example = {"atlas": "atlas: HarvardOxford", "maps": "maps: [GM_modulated]"
+                       if self.kind == "maps" else "maps: [falff, reho]",
+                       "resolution": "resolution: 2.0" if self.kind == "maps" else "resolution: 4.0"}
             raise ValueError(
                 f"kind {self.kind!r} needs {', '.join(needed)} (e.g. "
                 f"{', '.join(example[k] for k in needed)}); got no {', '.join(needed)}"
@@ -285,7 +293,7 @@ class GroupConfig(_Section):
 
     inputs: dict[str, GroupInputConfig] = Field(
         default_factory=_default_inputs,
-        description="Modality name -> input (kind regional | connectivity | maps).",
+        description="Modality name -> input (kind regional | connectivity | maps | parcels).",
     )
     models: list[str] = Field(
         default=["pidreg", "unimodal_anat", "unimodal_func", "early_fusion", "late_fusion",
@@ -351,7 +359,7 @@ class GroupConfig(_Section):
                     f"{name}: kind {spec.kind!r} is not an input of the {name} stage (allowed: "
                     f"{', '.join(kinds)}); got {spec.kind!r}"
                 )
-            if kinds is not None and spec.kind == "maps" and spec.stage != name:
+            if kinds is not None and spec.kind in ("maps", "parcels") and spec.stage != name:
                 raise ValueError(
                     f"{name}: maps {spec.maps} are written by the {spec.stage} stage, not by "
                     f"{name}; got {spec.maps!r}"

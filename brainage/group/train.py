@@ -288,7 +288,8 @@ def atlas_pid_cohort(cohort, cfg, derivatives_dir):
     When no connectivity input shares an atlas with a regional one (the functional models
     read maps), the connectivity on the regional atlas comes from the participant level's
     matrices; when no functional maps are among the inputs (they read connectivity), the
-    fALFF and ReHo maps do, for the parcels' means. Neither enters a model or the bundle.
+    fALFF and ReHo maps do, for the parcels' means (unless a functional ``kind: parcels``
+    input has them). Neither enters a model or the bundle.
     Read before :func:`cohort_fingerprint`, which then covers them: a changed matrix or map
     redoes the group level. Returns ``cohort`` itself when nothing is added or
     ``group.regions_pid`` is off.
@@ -308,7 +309,9 @@ def atlas_pid_cohort(cohort, cfg, derivatives_dir):
                 break
         if not extra:
             return cohort  # no pair: no atlas PID, nothing more to read
-    if not any(i.kind == "maps" and i.spec.get("stage") == "func" for i in cohort.inputs.values()):
+    regional = {i.spec.get("atlas") for i in cohort.inputs.values() if i.kind == "regional"}
+    if not any(i.spec.get("stage") == "func" and (i.kind == "maps" or (
+            i.kind == "parcels" and i.spec.get("atlas") in regional)) for i in cohort.inputs.values()):
         maps = read_functional_maps(derivatives_dir, cohort, cfg.qc)
         if maps is not None and maps.name not in cohort.inputs:
             extra[maps.name] = maps
@@ -319,9 +322,16 @@ def atlas_pid_cohort(cohort, cfg, derivatives_dir):
 
 
 def _local_map_means(cohort, pair):
-    """Region means of the cohort's functional maps (fALFF, ReHo …) on the pair's atlas, or None."""
-    from ..interpret.regions_pid import parcel_means
+    """Region means of the cohort's functional maps (fALFF, ReHo …) on the pair's atlas, or None.
 
+    A functional ``kind: parcels`` input on that atlas has them already; otherwise they are
+    computed from the first functional ``kind: maps`` input.
+    """
+    from ..cohort.parcels import parcel_means
+
+    for inp in cohort.inputs.values():
+        if inp.kind == "parcels" and inp.spec.get("stage") == "func" and inp.spec.get("atlas") == pair.atlas:
+            return inp.features
     maps = [i for i in cohort.inputs.values()
             if i.kind == "maps" and i.paths is not None and i.spec.get("stage") == "func"]
     if not maps:

@@ -16,6 +16,7 @@ where ablating ``r`` replaces the modality's **raw** features that belong to
 * regional inputs: the volume ``<atlas>_<index>`` belongs to that atlas region;
   each tissue total (:data:`TISSUE_REGIONS`: total GM, WM, CSF, TIV, the lateral
   ventricles) is a region of its own;
+* parcels inputs: the mean ``<map>:<atlas>_<index>`` of each map belongs to that region;
 * connectivity inputs: the edge ``A--B`` belongs to both A and B, so ablating A
   replaces A's whole connectivity profile;
 * lobes and networks (the atlas region table, ``atlases/<atlas>_regions.tsv``):
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from ..cohort.parcels import split_feature
 
 __all__ = [
     "LEVELS",
@@ -171,6 +174,8 @@ def ablation_units(inp, *, regions: pd.DataFrame | None = None, levels=LEVELS) -
             for end in name.split(EDGE_SEPARATOR):
                 add(end, by_name.get(end), j)
             continue
+        if inp.kind == "parcels" and split_feature(name) is not None:
+            name = split_feature(name)[1]  # a map's mean in a region belongs to that region
         label = name.removeprefix(prefix) if name.startswith(prefix) else None
         if label is not None and label.isdigit() and int(label) in by_index:
             record = by_index[int(label)]

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ATOM_COLUMNS", "PID_COLUMNS", "RegionPIDInputs", "atom_image", "paired_inputs",
-           "parcel_means", "regions_pid"]
+           "regions_pid"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,51 +191,6 @@ def _empty_row() -> dict:
     return row
 
 
-def parcel_means(paths: pd.DataFrame, atlas: str) -> pd.DataFrame:
-    """Mean of each map in each region of ``atlas``, per participant (zeros: outside the data).
-
-    Parameters
-    ----------
-    paths : pandas.DataFrame
-        Index: participant keys; one column per map (``falff``, ``reho`` …), NIfTI paths
-        on one MNI grid (missing: None).
-    atlas : str
-        Registry volume atlas, resampled (nearest) to the first map's grid.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Same index; columns ``<map>:<atlas>_<index>`` (NaN where a participant has no map
-        or no voxel of the region inside its map).
-    """
-    import nibabel as nib
-
-    from ..atlases import load_atlas
-
-    first = next(p for p in paths.to_numpy(dtype=object).ravel() if isinstance(p, str) and p)
-    labels = np.asarray(load_atlas(atlas).resample_to(nib.load(first)).dataobj).astype(np.int64).ravel()
-    labels = np.where(labels > 0, labels, 0)
-    present = np.unique(labels[labels > 0])
-    size = int(labels.max()) + 1
-    out = {}
-    for name in paths.columns:
-        values = np.full((len(paths), len(present)), np.nan)
-        for i, path in enumerate(paths[name].to_numpy(dtype=object)):
-            if not isinstance(path, str) or not path:
-                continue
-            data = np.asarray(nib.load(path).dataobj, dtype=np.float64).ravel()
-            if data.shape != labels.shape:
-                continue
-            inside = np.isfinite(data) & (data != 0) & (labels > 0)
-            sums = np.bincount(labels[inside], weights=data[inside], minlength=size)
-            counts = np.bincount(labels[inside], minlength=size)
-            values[i] = np.where(counts[present] > 0, sums[present] / np.maximum(counts[present], 1),
-                                 np.nan)
-        for j, index in enumerate(present):
-            out[f"{name}:{atlas}_{int(index)}"] = values[:, j]
-    return pd.DataFrame(out, index=paths.index)
-
-
 def _local_features(local, column: str, keys) -> tuple[np.ndarray | None, list[str]]:
     """Return the region's local map features of the controls ``keys`` (standardised) and names."""
     if local is None:
@@ -278,10 +233,11 @@ def regions_pid(cohort, *, n_components: int = 3, n_boot: int = 500, seed: int =
     inputs : RegionPIDInputs, optional
         Which inputs to pair; default :func:`paired_inputs`.
     local : pandas.DataFrame, optional
-        Per participant, the region means of functional maps (:func:`parcel_means`, columns
-        ``<map>:<atlas>_<index>``): each region's means join its connectivity components on the
-        functional side (standardised; left out of a region where a control lacks them or
-        where they would leave fewer than 4 controls per dimension).
+        Per participant, the region means of functional maps
+        (:func:`brainage.cohort.parcels.parcel_means`, columns ``<map>:<atlas>_<index>``): each
+        region's means join its connectivity components on the functional side (standardised;
+        left out of a region where a control lacks them or where they would leave fewer than
+        4 controls per dimension).
 
     Returns
     -------
