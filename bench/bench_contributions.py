@@ -24,7 +24,8 @@ modality's contribution tracks that modality's true excess:
 
 Run from the repository root (``--train`` runs and times the group level first)::
 
-    .venv/bin/python bench/bench_contributions.py --bids /work/cohorts/subtypes/bids [--train]
+    .venv/bin/python bench/bench_contributions.py --bids /work/cohorts/subtypes/bids [--train] \
+        [--config bench/configs/group_parcels.yaml]
 
 Writes ``bench/results/contributions.json``.
 """
@@ -180,7 +181,8 @@ def main() -> int:
     parser.add_argument("--bids", type=Path, required=True)
     parser.add_argument("--deriv", type=Path, default=None,
                         help="OUTPUT_DIR (default BIDS/derivatives/brainage)")
-    parser.add_argument("--train", action="store_true", help="run `group --train --config-file demo` first")
+    parser.add_argument("--train", action="store_true", help="run `group --train --config-file CONFIG` first")
+    parser.add_argument("--config", default="demo", help="pipeline name or YAML file for --train")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="contributions")
@@ -190,7 +192,7 @@ def main() -> int:
     times = {}
     if args.train:
         cmd = [str(Path(sys.executable).parent / "brainage"), str(bids), str(deriv), "group", "--train",
-               "--config-file", "demo", "--no-report"]
+               "--config-file", args.config, "--no-report"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         times["group_train_seconds"] = round(time.perf_counter() - start, 1)
@@ -227,7 +229,7 @@ def main() -> int:
                                                   "func_loading", "noise_correlation") if k in params},
         "make_cohort": json.loads(cohort_record.read_text()) if cohort_record.exists() else None,
     }
-    figures = {"cohort": cohort, "model": model, "config": "demo", "n_boot": args.n_boot,
+    figures = {"cohort": cohort, "model": model, "config": args.config, "n_boot": args.n_boot,
                "reported": ("contrib_adjusted|truth_excess: contributions minus the controls' mean "
                             "contribution at the same age (linear fit on the controls, leave-one-out for "
                             "them) against latent age minus age; raw contributions and the other truth "

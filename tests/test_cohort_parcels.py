@@ -160,3 +160,77 @@ def test_a_bundle_of_parcels_refuses_parcels_on_another_grid_or_atlas():
         text = str(info.value)
         assert "func: the bundle was trained on parcel means of falff, reho at res 6.0 on atlas-HarvardOxford" in text
         assert "retrain on this cohort" in text
+
+
+COMPACT_CONFIG = """\
+name: compacttest
+group:
+  inputs:
+    anat: {kind: tissue, normalize: tiv}
+    func: {kind: whole_brain, maps: [falff, reho], resolution: 6.0}
+  models: [ridge, pidreg]
+  primary_model: pidreg
+  model_params:
+    pidreg: {max_epochs: 25, latent_dim: 4, hidden: [16], batch_size: 64}
+  cv: {n_splits: 3, inner_splits: 3, seed: 0}
+"""
+
+
+def test_tissue_and_whole_brain_inputs_are_the_totals_and_the_maps_brain_means(cohort_with_maps):
+    import nibabel as nib
+
+    bids, deriv, people, paths = cohort_with_maps
+    cohort = load_cohort(bids, deriv, _group(COMPACT_CONFIG))
+    anat, func = cohort.inputs["anat"], cohort.inputs["func"]
+    assert list(anat.features.columns) == ["gm_ml", "wm_ml", "csf_ml", "tiv_ml", "ventricles_ml"]
+    assert list(func.features.columns) == ["falff:whole_brain", "reho:whole_brain"]
+    first = people["participant_id"][0]
+    tissue = pd.read_csv(next((deriv / first / "anat").glob("*_desc-tissue_morph.tsv")), sep="\t").iloc[0]
+    assert anat.features.loc[first, "gm_ml"] == pytest.approx(tissue["gm_ml"] / tissue["tiv_ml"])
+    assert anat.features.loc[first, "tiv_ml"] == pytest.approx(tissue["tiv_ml"])
+    data = np.asarray(nib.load(paths[first, "reho"]).dataobj)
+    assert func.features.loc[first, "reho:whole_brain"] == pytest.approx(data[data != 0].mean(), rel=1e-6)
+    assert anat.spec["normalize"] == "tiv" and func.spec["maps"] == ["falff", "reho"]
+    # a participant whose map is empty is excluded for the modality, with the file named
+    empty = people["participant_id"][1]
+    img = nib.load(paths[empty, "falff"])
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), paths[empty, "falff"])
+    reasons = load_cohort(bids, deriv, _group(COMPACT_CONFIG)).exclusions.set_index("participant_id")["reason"]
+    assert "the map has no finite, non-zero voxel" in reasons[empty] and "falff" in reasons[empty]
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ("anat: {kind: tissue, atlas: HarvardOxford}", "atlas does not apply to kind 'tissue'"),
+    ("func: {kind: tissue}", "kind 'tissue' is not an input of the func stage"),
+    ("func: {kind: whole_brain, maps: [falff]}", "needs resolution"),
+    ("func: {kind: whole_brain, maps: [GM], resolution: 2.0}", "written by the anat stage, not by func"),
+])
+def test_config_refuses_misplaced_compact_inputs(inputs, message):
+    key = inputs.split(":")[0]
+    lines = [line for line in COMPACT_CONFIG.splitlines() if not line.startswith(f"    {key}:")]
+    at = next(i for i, line in enumerate(lines) if line.startswith("  inputs:")) + 1
+    lines.insert(at, f"    {inputs}")
+    with pytest.raises(Exception) as info:
+        _group("\n".join(lines) + "\n")
+    assert message in str(info.value)
+
+
+def test_group_train_on_compact_inputs_and_a_bundle_that_refuses_other_kinds(tmp_path, capsys):
+    from brainage.cohort.spec import check_spec_inputs, input_spec
+    from brainage.exceptions import GroupLevelError
+
+    bids, deriv = write_cohort(tmp_path, n=42, seed=0)
+    write_func_maps(deriv, pd.read_csv(bids / "participants.tsv", sep="\t"), REGION, np.random.default_rng(0))
+    config = tmp_path / "group.yaml"
+    config.write_text(COMPACT_CONFIG)
+    assert main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"]) == 0
+    metrics = json.loads((deriv / "group" / "metrics.json").read_text())["models"]
+    # total GM falls 2 mL a year in write_cohort: the totals alone predict age
+    assert metrics["ridge"]["controls"]["uncorrected"]["mae"] < 6.0
+    regions = pd.read_csv(deriv / "group" / "regions.tsv", sep="\t")
+    anat = regions[(regions["modality"] == "anat") & (regions["level"] == "region")]
+    assert set(anat["region"]) == {"Total_GM", "Total_WM", "Total_CSF", "TIV", "Lateral_Ventricles"}
+    spec = {"inputs": {n: input_spec(i) for n, i in _group(COMPACT_CONFIG).inputs.items()}}
+    with pytest.raises(GroupLevelError, match="the bundle was trained on tissue totals as TIV fractions"):
+        check_spec_inputs(spec, _group(COMPACT_CONFIG.replace("{kind: tissue, normalize: tiv}",
+                                                              "{kind: tissue}")).inputs)

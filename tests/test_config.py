@@ -165,7 +165,7 @@ def test_demo_group_models_build_with_their_params(name):
                      r"group\.inputs\.func: kind 'connectivity' needs atlas", id="no-atlas"),
         pytest.param({"inputs": {"func": {"kind": "regional", "atlas": "AAL"}}},
                      r"group\.inputs: func: kind 'regional' is not an input of the func stage "
-                     r"\(allowed: connectivity, maps, parcels\)", id="kind-not-of-stage"),
+                     r"\(allowed: connectivity, maps, parcels, whole_brain\)", id="kind-not-of-stage"),
         pytest.param({"inputs": {"func": {"kind": "connectivity", "atlas": "AAL", "tissue": True}}},
                      r"group\.inputs\.func: tissue does not apply to kind 'connectivity'",
                      id="key-not-of-kind"),

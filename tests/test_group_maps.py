@@ -174,3 +174,33 @@ def test_pidreg_on_maps_records_its_pid_atoms_per_fold(trained):
     folds = {row["fold"] for row in pid.get("per_fold", []) + pid.get("unavailable", [])}
     assert folds == {0, 1, 2}, pid
     assert "only PIDReg" not in pid["note"]
+
+
+def test_group_train_with_the_disk_volume_cache_reads_the_same_maps(trained, tmp_path):
+    import shutil
+
+    from brainage.cohort.data import load_cohort
+    from brainage.config import load_config
+    from brainage.group.transforms import FeatureTransforms, volume_cache
+
+    _, bids, deriv = trained
+    copy = tmp_path / "deriv"
+    shutil.copytree(deriv, copy, ignore=shutil.ignore_patterns("group"))
+    config = (deriv.parents[2] / "maps.yaml").read_text().replace(
+        "  cv: {n_splits: 3", "  volume_cache: disk\n  cv: {n_splits: 3")
+    assert train_group(bids, copy, config, name="maps_disk.yaml") == 0
+    cache = copy / "group" / "work" / "volume_cache"
+    assert {p.name for p in cache.glob("*.npy")} == {"anat.npy", "func.npy"}
+    ref = pd.read_csv(deriv / "group" / "predictions.tsv", sep="\t")
+    new = pd.read_csv(copy / "group" / "predictions.tsv", sep="\t")
+    assert list(new["participant_id"]) == list(ref["participant_id"]) and new["predicted_age"].notna().all()
+    # what the models read from the cache is what they read from the NIfTI files, within float16
+    cfg = load_config(bids.parent / "maps_disk.yaml").group
+    cohort = load_cohort(bids, copy, cfg)
+    keys = list(cohort.participants.index)
+    store = volume_cache(cohort, ["anat", "func"], cfg.cache_maps_gb, mode=cfg.volume_cache)
+    assert len(store) == 2 * len(keys)
+    tf = FeatureTransforms()
+    cached, decoded = tf.inputs(cohort, keys, ["anat", "func"], store), tf.inputs(cohort, keys, ["anat", "func"], {})
+    for m in ("anat", "func"):
+        assert max(np.abs(cached[m][i] - decoded[m][i]).max() for i in range(len(keys))) < 1e-3

@@ -36,7 +36,9 @@ Features
     participants have; a participant whose table lists other regions is
     excluded for that modality. ``parcels``: ``<map>:<atlas>_<index>``, the mean
     of each map in each atlas region on the maps' grid (:mod:`.parcels`), map by
-    map. ``maps``: absolute paths, one column per map.
+    map. ``tissue``: the tissue totals alone; ``whole_brain``: ``<map>:whole_brain``,
+    each map's mean over the voxels where it has data. ``maps``: absolute paths, one
+    column per map.
 
 Examples
 --------
@@ -81,7 +83,7 @@ class ModalityInput:
     ----------
     name : str
         Key in ``group.inputs`` (e.g. ``"anat"``).
-    kind : {"regional", "connectivity", "parcels", "maps"}
+    kind : {"regional", "connectivity", "parcels", "tissue", "whole_brain", "maps"}
     features : pandas.DataFrame or None
         Tabular kinds: float64, index = the participants' index, one column per
         feature; a participant without this modality (``missing_modality:
@@ -243,6 +245,10 @@ def _read(root: Path, unit: Unit, spec, qc) -> readers.Read:
         return readers.read_connectivity(root, unit.label, unit.session, spec.atlas, qc)
     if spec.kind == "parcels":
         return readers.read_parcels(root, unit.label, unit.session, spec, qc)
+    if spec.kind == "tissue":
+        return readers.read_tissue(root, unit.label, unit.session, spec.normalize)
+    if spec.kind == "whole_brain":
+        return readers.read_whole_brain(root, unit.label, unit.session, spec, qc)
     return readers.read_maps(root, unit.label, unit.session, spec, qc)
 
 

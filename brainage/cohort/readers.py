@@ -33,12 +33,15 @@ __all__ = [
     "ANAT_MAP_FIELDS",
     "REST_TASK",
     "TISSUE_COLUMNS",
+    "WHOLE_BRAIN",
     "Read",
     "functional_map_grids",
     "read_connectivity",
     "read_maps",
     "read_parcels",
     "read_regional",
+    "read_tissue",
+    "read_whole_brain",
     "registration_similarity",
 ]
 
@@ -554,3 +557,54 @@ def read_parcels(root, label: str, session: str | None, spec, qc) -> Read:
         values.append(means)
         names += [feature_name(map_name, spec.atlas, index) for index in present]
     return Read(values=np.concatenate(values), names=tuple(names))
+
+
+# --------------------------------------------------------------------------- whole-brain summaries
+def read_tissue(root, label: str, session: str | None, normalize: str = "none") -> Read:
+    """Tissue totals :data:`TISSUE_COLUMNS` of one participant (``kind: tissue``).
+
+    With ``normalize="tiv"`` every total but ``tiv_ml`` is a fraction of TIV, as for
+    ``kind: regional``.
+    """
+    tissue_path = _anat_path(root, label, session, output_entities()["tissue_morph"])
+    if not tissue_path.is_file():
+        return _missing()
+    totals = _read_totals(tissue_path, why="use another kind of anat input")
+    if isinstance(totals, Read):
+        return totals
+    if normalize == "tiv":
+        tiv = totals[TISSUE_COLUMNS.index("tiv_ml")]
+        if not tiv > 0:
+            return _bad(tissue_path, f"tiv_ml is {tiv}, so volumes cannot be divided by it")
+        totals = np.where(np.array(TISSUE_COLUMNS) == "tiv_ml", totals, totals / tiv)
+    return Read(values=totals, names=TISSUE_COLUMNS)
+
+
+#: Feature name suffix of a map's whole-brain mean (``kind: whole_brain``): ``<map>:whole_brain``.
+WHOLE_BRAIN = "whole_brain"
+
+
+def read_whole_brain(root, label: str, session: str | None, spec, qc) -> Read:
+    """Mean of each of ``spec.maps`` over the voxels where it has data, of one participant.
+
+    The maps are those :func:`read_maps` finds; a voxel has data where the map is finite
+    and non-zero (the participant stages write zeros outside the brain mask). Features
+    ``<map>:whole_brain`` in map order.
+    """
+    import nibabel as nib
+
+    found = read_maps(root, label, session, spec, qc)
+    if found.problem is not None:
+        return found
+    values = []
+    for path in found.paths.values():
+        try:
+            data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        except Exception as exc:  # nibabel raises many types; any is this participant's problem
+            return _bad(path, f"not a readable NIfTI image ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
+        inside = np.isfinite(data) & (data != 0)
+        if not inside.any():
+            return _bad(path, "the map has no finite, non-zero voxel")
+        values.append(float(data[inside].mean()))
+    return Read(values=np.array(values), names=tuple(f"{m}:{WHOLE_BRAIN}" for m in found.paths))

@@ -15,16 +15,20 @@ from ..exceptions import GroupLevelError
 __all__ = ["check_spec_features", "check_spec_inputs", "describe_input", "input_spec"]
 
 #: Keys of a modality's spec that must agree between a bundle and a cohort's configuration.
-COMPARED_KEYS = ("kind", "atlas", "tissue", "maps", "resolution")
+COMPARED_KEYS = ("kind", "atlas", "tissue", "maps", "resolution", "normalize")
 
 
 def input_spec(cfg) -> dict:
     """Return the spec of a ``group.inputs`` entry (``feature_names`` come after reading)."""
     spec = {"kind": cfg.kind, "space": TEMPLATE_SPACE}
-    if cfg.kind in ("maps", "parcels"):
+    if cfg.kind in ("maps", "parcels", "whole_brain"):
         spec.update(maps=list(cfg.maps), resolution=float(cfg.resolution), stage=cfg.stage)
         if getattr(cfg, "atlas", None):  # parcels: the regions; maps: where attributions are summed
             spec["atlas"] = cfg.atlas
+    elif cfg.kind == "tissue":
+        spec.update(atlas=None, resolution=None)
+        if cfg.normalize != "none":
+            spec["normalize"] = cfg.normalize
     else:
         spec.update(atlas=cfg.atlas, resolution=None)
         if cfg.kind == "regional":
@@ -39,6 +43,10 @@ def describe_input(spec: dict) -> str:
     kind = spec.get("kind")
     if kind == "maps":
         return f"maps {', '.join(spec.get('maps') or [])} at res {spec.get('resolution')}"
+    if kind == "whole_brain":
+        return f"whole-brain means of {', '.join(spec.get('maps') or [])} at res {spec.get('resolution')}"
+    if kind == "tissue":
+        return "tissue totals" + (" as TIV fractions" if spec.get("normalize") == "tiv" else "")
     if kind == "parcels":
         return (f"parcel means of {', '.join(spec.get('maps') or [])} at res "
                 f"{spec.get('resolution')} on atlas-{spec.get('atlas')}")

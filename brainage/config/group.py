@@ -50,14 +50,19 @@ _INPUT_KEYS = {
     "connectivity": ("kind", "atlas", "select", "pca"),
     "maps": ("kind", "maps", "resolution", "atlas"),
     "parcels": ("kind", "maps", "resolution", "atlas", "select", "pca"),
+    "tissue": ("kind", "normalize"),
+    "whole_brain": ("kind", "maps", "resolution"),
 }
 #: Keys an input of each kind may leave out.
 _OPTIONAL_KEYS = {"regional": ("tissue", "normalize", "select", "pca"),
                   "connectivity": ("select", "pca"),
                   "maps": ("atlas",),
-                  "parcels": ("select", "pca")}
+                  "parcels": ("select", "pca"),
+                  "tissue": ("normalize",),
+                  "whole_brain": ()}
 #: Kinds a modality called ``anat`` / ``func`` may have (other names may have any kind).
-_KINDS_OF = {"anat": ("regional", "maps", "parcels"), "func": ("connectivity", "maps", "parcels")}
+_KINDS_OF = {"anat": ("regional", "tissue", "maps", "parcels", "whole_brain"),
+             "func": ("connectivity", "maps", "parcels", "whole_brain")}
 _MODALITY_RE = re.compile(r"^[a-z][a-z0-9]*$")
 
 
@@ -108,13 +113,18 @@ class GroupInputConfig(_Section):
     ``kind: parcels`` (the mean of each of those maps in each region of a volume
     ``atlas``: a tabular input, e.g. the parcels' fALFF and ReHo for an MLP or
     ridge; features ``<map>:<atlas>_<index>``, :mod:`brainage.cohort.parcels`).
+    Two compact kinds summarise the whole brain, for cohorts too small for one
+    feature per region: ``kind: tissue`` (the structural stage's totals
+    ``gm_ml, wm_ml, csf_ml, tiv_ml, ventricles_ml``, with ``normalize``) and
+    ``kind: whole_brain`` (the mean of each of ``maps`` over the voxels where it
+    has data, features ``<map>:whole_brain``).
     A tabular input may set ``select: K`` (keep the ``K`` features
     most correlated with age) and ``pca: K`` (reduce the z-scored features to
     ``K`` principal components), both fitted on each training fold
     (:mod:`brainage.group.transforms`).
     """
 
-    kind: Literal["regional", "connectivity", "maps", "parcels"]
+    kind: Literal["regional", "connectivity", "maps", "parcels", "tissue", "whole_brain"]
     atlas: str | None = Field(
         default=None,
         description="Atlas id of the registry (regional, connectivity, parcels; maps: the volume "
@@ -126,16 +136,16 @@ class GroupInputConfig(_Section):
     )
     maps: list[str] | None = Field(
         default=None,
-        description=f"maps, parcels: structural ({', '.join(ANAT_MAPS)}) or functional "
+        description=f"maps, parcels, whole_brain: structural ({', '.join(ANAT_MAPS)}) or functional "
         f"({', '.join(FUNC_MAPS)}) maps, one stage per input.",
     )
     resolution: float | None = Field(
         default=None, gt=0, le=6,
-        description="maps, parcels: MNI grid (mm) of the maps (the `res-` entity)."
+        description="maps, parcels, whole_brain: MNI grid (mm) of the maps (the `res-` entity)."
     )
     normalize: Literal["none", "tiv"] = Field(
         default="none",
-        description="regional: divide every volume but tiv_ml by the participant's TIV "
+        description="regional, tissue: divide every volume but tiv_ml by the participant's TIV "
         "(proportional head-size correction), or keep millilitres.",
     )
     select: int | None = Field(
@@ -227,7 +237,7 @@ class GroupInputConfig(_Section):
     @property
     def stage(self) -> str:
         """The participant stage whose outputs this input reads (``"anat"`` or ``"func"``)."""
-        if self.kind == "regional":
+        if self.kind in ("regional", "tissue"):
             return "anat"
         if self.kind == "connectivity":
             return "func"
@@ -293,7 +303,8 @@ class GroupConfig(_Section):
 
     inputs: dict[str, GroupInputConfig] = Field(
         default_factory=_default_inputs,
-        description="Modality name -> input (kind regional | connectivity | maps | parcels).",
+        description="Modality name -> input (kind regional | connectivity | parcels | tissue | "
+        "whole_brain | maps).",
     )
     models: list[str] = Field(
         default=["pidreg", "unimodal_anat", "unimodal_func", "early_fusion", "late_fusion",
@@ -340,6 +351,14 @@ class GroupConfig(_Section):
         description="Keep MNI maps in memory after their first read when the cohort's maps take at "
         "most this many GB as float32 (0: always stream from disk, as large cohorts do).",
     )
+    volume_cache: Literal["memory", "auto", "disk", "off"] = Field(
+        default="memory",
+        description="How MNI maps are read between epochs: 'memory' keeps them in memory when they fit "
+        "in cache_maps_gb and otherwise decodes the NIfTI files every epoch; 'auto' uses an on-disk "
+        "cache instead of decoding when they do not fit; 'disk' always uses it (the maps decoded once "
+        "into one float16 memory-mapped array per modality under OUTPUT_DIR/group/work/volume_cache, "
+        "reused by later runs, with only a changed participant decoded again); 'off' always decodes.",
+    )
 
     @field_validator("inputs")
     @classmethod
@@ -359,7 +378,7 @@ class GroupConfig(_Section):
                     f"{name}: kind {spec.kind!r} is not an input of the {name} stage (allowed: "
                     f"{', '.join(kinds)}); got {spec.kind!r}"
                 )
-            if kinds is not None and spec.kind in ("maps", "parcels") and spec.stage != name:
+            if kinds is not None and spec.kind in ("maps", "parcels", "whole_brain") and spec.stage != name:
                 raise ValueError(
                     f"{name}: maps {spec.maps} are written by the {spec.stage} stage, not by "
                     f"{name}; got {spec.maps!r}"

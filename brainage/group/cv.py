@@ -363,7 +363,7 @@ def cross_validate(cohort, cfg, *, models=None, device: str = "auto", folds=None
         raise GroupLevelError("folds: expected one fold per participant, >= 0 for every control and "
                               "-1 for everyone else (patients are never trained on)")
     runs = {}
-    cache = volume_cache(cohort, list(cohort.inputs), cfg.cache_maps_gb)
+    cache = volume_cache(cohort, list(cohort.inputs), cfg.cache_maps_gb, mode=cfg.volume_cache)
     names = list(models or cfg.models)
     with progress("training", len(names) * (int(folds.max()) + 1), log=logger) as task:
         for name in names:

@@ -212,7 +212,8 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
     y = parts.loc[usable, "age"].to_numpy(float)
     t0 = time.perf_counter()
     with progress(f"training: {primary} on all controls", 1, log=logger) as task:
-        est.fit(tf.inputs(cohort, usable, mods, volume_cache(cohort, mods, cfg.cache_maps_gb)), y,
+        cache = volume_cache(cohort, mods, cfg.cache_maps_gb, mode=cfg.volume_cache)
+        est.fit(tf.inputs(cohort, usable, mods, cache), y,
                 validation_idx=validation_split(y, cfg.cv.seed))
         final_seconds = time.perf_counter() - t0
         task.finished(f"{primary} on all {len(usable)} controls{fit_line(est)}, "

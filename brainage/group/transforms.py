@@ -41,26 +41,93 @@ from ..stats.harmonize import ComBat
 __all__ = ["FeatureTransforms", "PCAReduction", "select_features", "volume_cache"]
 
 
-def volume_cache(cohort, modalities, budget_gb: float) -> dict | None:
-    """Return a shared in-memory store for the cohort's maps, or None to stream them from disk.
+def volume_cache(cohort, modalities, budget_gb: float, *, mode: str = "memory", folder=None,
+                 workers: int | None = None) -> dict | None:
+    """Return a shared store for the cohort's maps, or None to stream them from their NIfTI files.
 
-    The maps of ``modalities`` are kept in memory after their first read when, as float32,
-    they take at most ``budget_gb`` (``group.cache_maps_gb``): a demo-sized cohort then reads
-    each file once instead of once per epoch and fold, and a large cohort streams.
+    ``mode`` (``group.volume_cache``) chooses:
+
+    ``"memory"`` (the default)
+        The maps of ``modalities`` are kept in memory after their first read when, as float32,
+        they take at most ``budget_gb`` (``group.cache_maps_gb``): a demo-sized cohort then reads
+        each file once instead of once per epoch and fold, and a large cohort streams.
+    ``"auto"``
+        As ``"memory"`` within the budget; above it, the on-disk cache of ``"disk"`` instead of
+        streaming.
+    ``"disk"``
+        Every map modality is decoded once into a float16 memory-mapped array under ``folder``
+        (:class:`brainage.training.volume_cache.VolumeCache`: reused by later runs, re-decoding
+        only the participants whose files changed), and read from it every epoch.
+    ``"off"``
+        Always stream.
+
+    Parameters
+    ----------
+    cohort : brainage.cohort.data.CohortData
+    modalities : sequence of str
+        Inputs whose maps are cached (tabular ones are skipped).
+    budget_gb : float
+        The in-memory budget.
+    mode : {"memory", "auto", "disk", "off"}
+    folder : path-like, optional
+        Where the on-disk caches go (``<modality>.npy`` + ``<modality>.json``). Default
+        ``OUTPUT_DIR/group/work/volume_cache``, ``OUTPUT_DIR`` being the derivatives root
+        that holds the maps' ``sub-*`` folders.
+    workers : int, optional
+        Processes decoding the maps into the on-disk cache (default: the CPUs, at most 8).
+
+    Returns
+    -------
+    dict or None
+        An empty dict (filled as maps are read), a
+        :class:`~brainage.training.volume_cache.VolumeCacheStore` over the on-disk caches
+        (a read-only dict view keyed like the in-memory store), or None.
+
+    Raises
+    ------
+    GroupLevelError
+        An unknown ``mode``, or no ``folder`` given where the maps are not under a ``sub-*``
+        folder.
     """
     import nibabel as nib
 
-    total = 0
-    for m in modalities:
-        inp = cohort.inputs[m]
-        if inp.features is not None or inp.paths is None or not len(inp.paths):
-            continue
-        first = inp.paths.iloc[0].to_numpy(dtype=object)
-        voxels = sum(int(np.prod(nib.load(str(p)).shape[:3])) for p in first)
-        total += voxels * 4 * len(inp.paths)
-    if total == 0 or total > budget_gb * 1e9:
+    if mode not in ("memory", "auto", "disk", "off"):
+        raise GroupLevelError(f"group.volume_cache {mode!r} is not one of memory, auto, disk, off")
+    maps = [m for m in modalities if cohort.inputs[m].features is None
+            and cohort.inputs[m].paths is not None and len(cohort.inputs[m].paths)]
+    if mode == "off" or not maps:
         return None
-    return {}
+    total = 0
+    for m in maps:
+        paths = cohort.inputs[m].paths
+        first = paths.dropna().iloc[0].to_numpy(dtype=object) if len(paths.dropna()) else []
+        voxels = sum(int(np.prod(nib.load(str(p)).shape[:3])) for p in first)
+        total += voxels * 4 * len(paths)
+    if total == 0:
+        return None
+    if mode != "disk" and total <= budget_gb * 1e9:
+        return {}
+    if mode == "memory":
+        return None
+    import os
+    from pathlib import Path
+
+    from ..training.volume_cache import VolumeCache, VolumeCacheStore
+
+    if folder is None:
+        some = Path(str(cohort.inputs[maps[0]].paths.dropna().iloc[0, 0]))
+        subs = [p for p in some.parents if p.name.startswith("sub-")]
+        if not subs:
+            raise GroupLevelError(f"cannot place the volume cache: {some} is not under a sub-* folder of "
+                                  "a derivatives root; give volume_cache a folder")
+        folder = subs[0].parent / "group" / "work" / "volume_cache"
+    workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
+    caches = {}
+    for m in maps:
+        paths = cohort.inputs[m].paths.dropna()  # a participant without the modality has no slot
+        caches[m] = VolumeCache.open(folder, paths.to_numpy(dtype=object).tolist(),
+                                     keys=[str(k) for k in paths.index], name=m, workers=workers)
+    return VolumeCacheStore(caches)
 
 
 def select_features(X: np.ndarray, age: np.ndarray, k: int) -> np.ndarray:

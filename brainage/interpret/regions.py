@@ -167,7 +167,7 @@ def ablation_units(inp, *, regions: pd.DataFrame | None = None, levels=LEVELS) -
 
     prefix = f"{atlas}_"
     for j, name in enumerate(names):
-        if inp.kind == "regional" and name in TISSUE_REGIONS:
+        if inp.kind in ("regional", "tissue") and name in TISSUE_REGIONS:
             tissue.setdefault(TISSUE_REGIONS[name], []).append(j)
             continue
         if inp.kind == "connectivity" and name.count(EDGE_SEPARATOR) == 1:

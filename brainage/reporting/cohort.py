@@ -507,7 +507,7 @@ def _methods(data):
     inputs = cfg.get("inputs") or {}
     v = lambda k: versions.get(k, "(version not recorded)")  # noqa: E731
     pre = []
-    if any(i.get("kind") in ("regional", "maps") and k.startswith("anat") for k, i in inputs.items()):
+    if any(k.startswith("anat") for k in inputs):
         pre.append(
             f"T1-weighted images were bias-corrected (N4), registered non-linearly to the MNI152 template "
             f"and segmented into tissue classes with ANTs (antspyx {v('antspyx')}; Avants et al. 2008); "

@@ -333,7 +333,7 @@ class _TrainingRun:
     """
 
     def __init__(self, model, data, y_std, train_idx, val_idx, cfg, *, y_pid, seed, device,
-                 use_regularizers, frozen_weights):
+                 use_regularizers, frozen_weights, prefetch=0):
         self.device = resolve_device(device)
         self.rank, self.world = rank_and_world()
         self.is_pid = isinstance(model, PIDReg)
@@ -356,6 +356,7 @@ class _TrainingRun:
         self.data, self.y_std, self.y_pid, self.cfg, self.seed = data, y_std, y_pid, cfg, seed
         self.train_idx, self.val_idx = train_idx, val_idx
         self.use_regularizers = use_regularizers
+        self.prefetch = int(prefetch)
         self.modalities = list(getattr(model, "modalities", data.modalities))
         self.pairs = list(getattr(model, "pairs", []))
         self.result = TrainResult()
@@ -380,7 +381,14 @@ class _TrainingRun:
         )
         collected = (_EpochAtoms(self.modalities, self.pairs, self.cfg, self.win_len)
                      if self.is_pid and self.stage == 1 else None)
-        losses = [self._train_batch(b, epoch, collected) for b in batches]
+        if self.prefetch:  # the same batches, assembled on a background thread
+            from brainage.training.prefetch import BatchPrefetcher
+
+            with BatchPrefetcher(self.data.batch, batches, depth=self.prefetch,
+                                 pin_memory=self.device.type == "cuda") as feed:
+                losses = [self._train_batch(b, epoch, collected, xb) for b, xb in zip(batches, feed)]
+        else:
+            losses = [self._train_batch(b, epoch, collected) for b in batches]
         if self.world > 1:
             # Batch-norm statistics and the latent means were updated from each rank's
             # own shard: take rank 0's so every rank holds the same model.
@@ -395,8 +403,9 @@ class _TrainingRun:
         }
         return entry, collected
 
-    def _train_batch(self, b: np.ndarray, epoch: int, collected: _EpochAtoms | None) -> float:
-        """One optimizer step on batch ``b``; return its loss.
+    def _train_batch(self, b: np.ndarray, epoch: int, collected: _EpochAtoms | None,
+                     xb: dict | None = None) -> float:
+        """One optimizer step on batch ``b`` (inputs ``xb`` when already fetched); return its loss.
 
         The loss is the MSE of the standardised target plus, on every
         ``regularizer_interval``-th batch of a PIDReg run, ``regularizer_interval`` ×
@@ -404,7 +413,8 @@ class _TrainingRun:
         go to ``collected`` for the PID.
         """
         device, y_pid = self.device, self.y_pid
-        xb = {m: t.to(device, non_blocking=True) for m, t in self.data.batch(b).items()}
+        xb = self.data.batch(b) if xb is None else xb
+        xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
         yb = torch.as_tensor(self.y_std[b], dtype=torch.float32, device=device)
         with self.autocast():
             out = self.net(xb)
@@ -529,6 +539,7 @@ def train_model(
     device: str | torch.device = "auto",
     use_regularizers: bool = True,
     frozen_weights: bool = False,
+    prefetch: int = 0,
 ) -> TrainResult:
     """Train a PIDReg network (two-stage schedule) or a baseline network (plain MSE).
 
@@ -558,6 +569,11 @@ def train_model(
     frozen_weights : bool
         Start in stage 2: keep the model's current fusion weights (e.g. to fine-tune
         a loaded model, or to time stage-2 epochs).
+    prefetch : int
+        Assemble up to this many training batches ahead on a background thread
+        (:class:`~brainage.training.prefetch.BatchPrefetcher`, pinned memory on CUDA);
+        0 (the default) fetches each batch when its step starts. The batches and
+        the results are the same either way.
 
     Returns
     -------
@@ -566,7 +582,7 @@ def train_model(
     """
     run = _TrainingRun(model, data, y_std, train_idx, val_idx, cfg, y_pid=y_pid, seed=seed,
                        device=device, use_regularizers=use_regularizers,
-                       frozen_weights=frozen_weights)
+                       frozen_weights=frozen_weights, prefetch=prefetch)
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
         entry, collected = run.train_epoch(epoch)
