@@ -103,6 +103,17 @@ def test_never_frozen_when_atoms_keep_moving():
     assert len(set(weights)) > 1  # the weights follow the atoms
 
 
+def test_fusion_warmup_keeps_the_equal_weights_then_follows_the_atoms():
+    net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=8, freeze_tol=0.0, fusion_warmup_epochs=4)
+    res = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+    weights = [tuple(e["weights"].values()) for e in res.history]
+    assert all(w == pytest.approx((1 / 3,) * 3) for w in weights[:4])
+    assert all("atoms" in e for e in res.history[:4])  # computed and recorded during the warm-up
+    assert all(w != pytest.approx((1 / 3,) * 3) for w in weights[4:])
+    with pytest.raises(ValueError, match="fusion_warmup_epochs must be >= 0"):
+        get_preset("default", fusion_warmup_epochs=-1)
+
+
 def test_batch_scope_pid_without_bias_correction_is_larger():
     kw = dict(max_epochs=3, lambda_cs=0.0, lambda_cmi=0.0, lambda_norm=0.0)
     net, data, y_std, y_pid, tr, va, cfg = _setup(**kw, pid_scope="batch",

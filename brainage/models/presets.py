@@ -94,6 +94,10 @@ class PIDRegConfig:
         atoms stays below ``freeze_tol`` bits for ``freeze_patience`` epochs.
     validation_fraction : float
         Share of the training data held out for the scheduler and early stopping.
+    fusion_warmup_epochs : int
+        Epochs at the initial equal fusion weights before the PID atoms set them (0: from
+        the first epoch, the published method). The atoms are computed and recorded
+        during the warm-up; the freeze rule starts after it.
     """
 
     latent_dim: int = 64
@@ -124,6 +128,7 @@ class PIDRegConfig:
     freeze_tol: float = 0.01
     freeze_patience: int = 5
     validation_fraction: float = 0.1
+    fusion_warmup_epochs: int = 0
     name: str = field(default="default", compare=False)
 
     def __post_init__(self):
@@ -145,6 +150,8 @@ class PIDRegConfig:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}."
             )
+        if int(self.fusion_warmup_epochs) < 0:
+            raise ValueError(f"fusion_warmup_epochs must be >= 0, got {self.fusion_warmup_epochs}.")
         if int(self.regularizer_interval) < 1:
             raise ValueError(
                 f"regularizer_interval must be >= 1 (1 = every batch), got {self.regularizer_interval}."

@@ -457,6 +457,11 @@ class _TrainingRun:
         atoms = _reduce_atoms(atoms)
         self.atom_hist.append(atoms)
         windowed = _mean_atoms(list(self.atom_hist))
+        entry.update(atoms=atoms, atoms_windowed=windowed)
+        self.result.atoms = windowed
+        if epoch < int(self.cfg.fusion_warmup_epochs):  # warm-up: the equal initial weights stay
+            self.prev_windowed = windowed
+            return
         weights = fusion_weights_from_atoms(
             windowed, self.modalities, redundancy=self.cfg.redundancy, rng=self.rng
         )
@@ -465,8 +470,6 @@ class _TrainingRun:
             torch.distributed.broadcast(vec, src=0)
             weights = dict(zip(weights, vec.tolist()))
         self.model.set_fusion_weights(weights)
-        entry.update(atoms=atoms, atoms_windowed=windowed)
-        self.result.atoms = windowed
         self._apply_freeze_rule(epoch, windowed)
         self.prev_windowed = windowed
 
