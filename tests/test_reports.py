@@ -309,3 +309,19 @@ def test_methods_text_names_the_maps_a_cnn_reads():
     assert _input_text({"kind": "maps", "maps": ["falff", "reho"], "resolution": 4.0}) == \
         "fALFF and ReHo maps at 4 mm in MNI space (3D CNN encoders)"
     assert _input_text({"kind": "regional", "atlas": "AAL"}) == "regional features on the AAL atlas"
+
+
+def test_region_map_of_whole_brain_inputs_is_not_applicable_not_an_error(tmp_path):
+    regions = pd.DataFrame({"modality": ["anat", "anat"], "atlas": [None, None], "level": ["region"] * 2,
+                            "region": ["Total_GM", "TIV"], "index": [np.nan, np.nan],
+                            "attribution": [2.0, 0.5]})
+
+    class Data:
+        def table(self, name):
+            return regions if name == "regions" else None
+
+    errors = []
+    out = assemble._draw({"region_map": assemble._region_map}, {"id": "region_map"}, (Data(), {}),
+                         tmp_path, errors, "cohort")
+    assert errors == [] and out["src"] is None
+    assert "needs an input with atlas regions" in out["caption"]

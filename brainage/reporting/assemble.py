@@ -91,8 +91,10 @@ def _region_map(data, ctx, path):
     rows = regions[(regions["level"] == "region") & regions["index"].notna()]
     anat = rows[rows["modality"].astype(str).str.startswith("anat")]
     rows = anat if len(anat) else rows
-    if not len(rows):
-        raise _figure_error("region_map", "regions.tsv has no atlas region with a label index")
+    if not len(rows):  # whole-brain inputs only (kind tissue, whole_brain): nothing to paint
+        raise _Unavailable("a brain map of the regions needs an input with atlas regions (kind "
+                           "regional, parcels, connectivity on a volume atlas, or maps); this run's "
+                           "regions.tsv has whole-brain measures only")
     atlas_id = str(rows["atlas"].iloc[0])
     atlas = load_atlas(atlas_id)
     if atlas.image is None:
