@@ -134,3 +134,13 @@ def test_encoder_spec_for_shapes(shape, kind, key, value):
 def test_encoder_spec_rejects_5d():
     with pytest.raises(ValueError, match="Cannot choose an encoder"):
         encoder_spec_for((1, 2, 3, 4, 5))
+
+
+def test_a_linear_encoder_refuses_more_latents_than_inputs():
+    from brainage.exceptions import UsageError
+    from brainage.models.encoders import MLPEncoder
+
+    with pytest.raises(UsageError, match="set latent_dim to at most 3, or add a hidden layer"):
+        MLPEncoder(3, out_dim=4, hidden=(), dropout=())
+    assert MLPEncoder(3, out_dim=3, hidden=(), dropout=()).out_dim == 3
+    assert MLPEncoder(3, out_dim=4, hidden=(8,), dropout=0.0).out_dim == 4

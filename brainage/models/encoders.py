@@ -74,6 +74,14 @@ class MLPEncoder(nn.Module):
                 f"MLPEncoder got {len(hidden)} hidden layers but {len(dropout)} dropout rates; "
                 "give one dropout rate, or one per hidden layer."
             )
+        if not hidden and int(out_dim) > int(in_features):
+            from brainage.exceptions import UsageError
+
+            raise UsageError(
+                f"a linear encoder (hidden: []) cannot make {out_dim} latent dimensions from "
+                f"{in_features} input feature(s): the latents would be rank-deficient and their PID "
+                f"singular; set latent_dim to at most {in_features}, or add a hidden layer"
+            )
         layers: list[nn.Module] = []
         width = int(in_features)
         for h, p in zip(hidden, dropout):
