@@ -220,11 +220,21 @@ class MultiModalData:
         return v
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Return the inputs of participants ``idx`` as float32 tensors."""
+        """Return the inputs of participants ``idx`` as float32 tensors.
+
+        An array modality is sliced; a dataset with a ``batch(indices)`` method (e.g.
+        :class:`~brainage.training.volume_cache.CachedVolumeDataset`, which slices its
+        memory map into one contiguous array) is asked for the whole batch at once,
+        and must return what stacking its items would; any other dataset's items are
+        stacked one by one.
+        """
         out = {}
         for m in self.modalities:
             if self.is_array(m):
                 out[m] = torch.from_numpy(np.ascontiguousarray(self.X[m][idx]))
+            elif callable(getattr(self.X[m], "batch", None)):
+                arr = self.X[m].batch(np.asarray(idx, dtype=np.int64).reshape(-1))
+                out[m] = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)
             else:
                 out[m] = torch.stack(
                     [torch.as_tensor(np.asarray(self._item(m, int(i))), dtype=torch.float32)

@@ -12,6 +12,14 @@ Throughout: Adam (θ of the noise bottleneck with its own learning rate),
 ReduceLROnPlateau and early stopping on the validation prediction loss
 (best weights restored), gradient clipping. Seeded runs on CPU are
 deterministic; on CUDA the forward pass runs under bf16 autocast.
+
+No per-batch host sync for the loss: the batch losses stay on the device and
+are checked for finiteness (one sync) once per epoch on an accelerator, or every
+``loss_check_every`` batches (every batch on the CPU, where a sync costs
+nothing); the epoch's mean training loss is taken from them at the end
+(``pid_scope="batch"`` still reads each batch's latents). Opt-in switches:
+``channels_last`` (3D channels-last memory format for the network and its
+volume batches) and ``compile_model`` (``torch.compile`` of the forward pass).
 """
 
 from __future__ import annotations
@@ -232,18 +240,38 @@ def regularization(out: dict, xb: dict, y_pid, modalities: list, cfg: PIDRegConf
     return total
 
 
-def _evaluate(model, data, idx, y_std, cfg, device, autocast) -> float:
+def _to_device(xb: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """Move a batch to ``device``; 5-D volume batches in channels-last order when asked."""
+    if not channels_last:
+        return {m: t.to(device, non_blocking=True) for m, t in xb.items()}
+    return {m: (t.to(device, non_blocking=True, memory_format=torch.channels_last_3d) if t.ndim == 5
+                else t.to(device, non_blocking=True)) for m, t in xb.items()}
+
+
+def _first_non_finite(losses: list) -> torch.Tensor | None:
+    """Return the first non-finite of the 0-dim loss tensors ``losses``, or None (one host sync)."""
+    if not losses:
+        return None
+    stacked = torch.stack(losses)
+    bad = ~torch.isfinite(stacked)
+    if not bool(bad.any()):
+        return None
+    return stacked[bad.nonzero()[0, 0]]
+
+
+def _evaluate(model, data, idx, y_std, cfg, device, autocast, channels_last=False) -> float:
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     with torch.no_grad():
         for b in batch_indices(idx, cfg.batch_size, shuffle=False, seed=0, epoch=0):
-            xb = {m: t.to(device) for m, t in data.batch(b).items()}
+            xb = _to_device(data.batch(b), device, channels_last)
             yb = torch.as_tensor(y_std[b], dtype=torch.float32, device=device)
             with autocast():
                 pred = model(xb)["pred"].float()
-            total += float(((pred - yb) ** 2).sum())
+            # summed on the device (float64, as the former Python float), one sync at the end
+            total += ((pred - yb) ** 2).sum().double()
             count += len(b)
-    mean = total / max(count, 1)
+    mean = float(total) / max(count, 1)
     return float(all_reduce_mean(torch.tensor(mean, dtype=torch.float64)))
 
 
@@ -333,7 +361,8 @@ class _TrainingRun:
     """
 
     def __init__(self, model, data, y_std, train_idx, val_idx, cfg, *, y_pid, seed, device,
-                 use_regularizers, frozen_weights, prefetch=0):
+                 use_regularizers, frozen_weights, prefetch=0, loss_check_every=None,
+                 channels_last=False, compile_model=False):
         self.device = resolve_device(device)
         self.rank, self.world = rank_and_world()
         self.is_pid = isinstance(model, PIDReg)
@@ -342,12 +371,25 @@ class _TrainingRun:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         model.to(self.device)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # the 5-D weights (3D convolutions); others are unchanged
+            model.to(memory_format=torch.channels_last_3d)
         self.model = model
         self.net = model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if compile_model:  # the forward pass; the state dict stays the model's own
+            self.net = torch.compile(self.net)
+        if loss_check_every is None:  # a sync costs nothing on the CPU: check before each step there
+            loss_check_every = 1 if self.device.type == "cpu" else 0
+        self.loss_check_every = int(loss_check_every)
+        if self.loss_check_every < 0:
+            raise ValueError(f"loss_check_every must be 0 (once per epoch) or positive, got "
+                             f"{loss_check_every}.")
+        self.losses: list[torch.Tensor] = []
+        self.checked = 0
         self.opt, self.sched, self.has_theta = _make_optimizer(model, cfg)
         self.reg_every = int(cfg.regularizer_interval)
         self.step = 0
@@ -381,14 +423,19 @@ class _TrainingRun:
         )
         collected = (_EpochAtoms(self.modalities, self.pairs, self.cfg, self.win_len)
                      if self.is_pid and self.stage == 1 else None)
+        self.losses, self.checked = [], 0
         if self.prefetch:  # the same batches, assembled on a background thread
             from brainage.training.prefetch import BatchPrefetcher
 
             with BatchPrefetcher(self.data.batch, batches, depth=self.prefetch,
                                  pin_memory=self.device.type == "cuda") as feed:
-                losses = [self._train_batch(b, epoch, collected, xb) for b, xb in zip(batches, feed)]
+                for b, xb in zip(batches, feed):
+                    self._train_batch(b, epoch, collected, xb)
         else:
-            losses = [self._train_batch(b, epoch, collected) for b in batches]
+            for b in batches:
+                self._train_batch(b, epoch, collected)
+        self._check_losses(epoch)
+        losses = self.losses
         if self.world > 1:
             # Batch-norm statistics and the latent means were updated from each rank's
             # own shard: take rank 0's so every rank holds the same model.
@@ -398,23 +445,37 @@ class _TrainingRun:
         entry = {
             "epoch": epoch,
             "stage": self.stage,
-            "train_loss": float(all_reduce_mean(torch.tensor(float(np.mean(losses)),
-                                                             dtype=torch.float64))),
+            "train_loss": float(all_reduce_mean(torch.tensor(
+                float(torch.stack(losses).mean()) if losses else math.nan, dtype=torch.float64))),
         }
         return entry, collected
 
+    def _check_losses(self, epoch: int) -> None:
+        """Raise :class:`FloatingPointError` if a loss since the last check is not finite (one sync)."""
+        if self.checked == len(self.losses):  # nothing since the last check
+            return
+        bad = _first_non_finite(self.losses[self.checked:])
+        self.checked = len(self.losses)
+        if bad is not None:
+            raise FloatingPointError(
+                f"Training loss became {float(bad)} at epoch {epoch}; lower the learning "
+                "rate or check the inputs for extreme values."
+            )
+
     def _train_batch(self, b: np.ndarray, epoch: int, collected: _EpochAtoms | None,
-                     xb: dict | None = None) -> float:
+                     xb: dict | None = None) -> torch.Tensor:
         """One optimizer step on batch ``b`` (inputs ``xb`` when already fetched); return its loss.
 
         The loss is the MSE of the standardised target plus, on every
         ``regularizer_interval``-th batch of a PIDReg run, ``regularizer_interval`` ×
         :func:`regularization` (lazy regularization). In stage 1 the batch's latents
-        go to ``collected`` for the PID.
+        go to ``collected`` for the PID. The loss (a 0-dim float64 tensor on the device)
+        is appended to ``self.losses``; every ``loss_check_every``-th batch (when set)
+        the losses since the last check are checked before the step.
         """
         device, y_pid = self.device, self.y_pid
         xb = self.data.batch(b) if xb is None else xb
-        xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
+        xb = _to_device(xb, device, self.channels_last)
         yb = torch.as_tensor(self.y_std[b], dtype=torch.float32, device=device)
         with self.autocast():
             out = self.net(xb)
@@ -428,16 +489,14 @@ class _TrainingRun:
         self.step += 1
         if collected is not None:
             collected.add(out["z"], torch.as_tensor(y_pid[b], dtype=torch.float64, device=device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"Training loss became {float(loss)} at epoch {epoch}; lower the learning "
-                "rate or check the inputs for extreme values."
-            )
+        self.losses.append(loss.detach().double())
+        if self.loss_check_every and len(self.losses) % self.loss_check_every == 0:
+            self._check_losses(epoch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        return float(loss.detach())
+        return self.losses[-1]
 
     def update_fusion_weights(self, epoch: int, collected: _EpochAtoms, entry: dict) -> None:
         """Stage-1 step after an epoch: atoms, windowed atoms, fusion weights, freeze rule.
@@ -498,7 +557,7 @@ class _TrainingRun:
         """
         if len(self.val_idx):
             val = _evaluate(self.net, self.data, self.val_idx, self.y_std, self.cfg, self.device,
-                            self.autocast)
+                            self.autocast, self.channels_last)
         else:
             val = entry["train_loss"]
         entry["val_loss"] = val
@@ -543,6 +602,9 @@ def train_model(
     use_regularizers: bool = True,
     frozen_weights: bool = False,
     prefetch: int = 0,
+    loss_check_every: int | None = None,
+    channels_last: bool = False,
+    compile_model: bool = False,
 ) -> TrainResult:
     """Train a PIDReg network (two-stage schedule) or a baseline network (plain MSE).
 
@@ -577,15 +639,34 @@ def train_model(
         (:class:`~brainage.training.prefetch.BatchPrefetcher`, pinned memory on CUDA);
         0 (the default) fetches each batch when its step starts. The batches and
         the results are the same either way.
+    loss_check_every : int, optional
+        Check the batch losses for finiteness every this many batches (each check is
+        one host sync, a device round trip on CUDA); 0 checks once per epoch. Default:
+        1 on the CPU (where a sync costs nothing), 0 on an accelerator. A non-finite
+        loss raises the same :class:`FloatingPointError` either way; with 1 it is
+        raised before that batch's step, as a per-batch check would.
+    channels_last : bool
+        Put the network's 3D convolution weights and the 5-D volume batches in the
+        ``torch.channels_last_3d`` memory format (same numbers up to rounding).
+    compile_model : bool
+        Run the forward pass through :func:`torch.compile` (needs a C++ compiler on CPU,
+        Triton on CUDA; the first steps compile). Off by default.
 
     Returns
     -------
     TrainResult
         The model is trained in place and left in eval mode with its best weights.
+
+    Raises
+    ------
+    FloatingPointError
+        A training loss that is not finite (at the next check, see ``loss_check_every``).
     """
     run = _TrainingRun(model, data, y_std, train_idx, val_idx, cfg, y_pid=y_pid, seed=seed,
                        device=device, use_regularizers=use_regularizers,
-                       frozen_weights=frozen_weights, prefetch=prefetch)
+                       frozen_weights=frozen_weights, prefetch=prefetch,
+                       loss_check_every=loss_check_every, channels_last=channels_last,
+                       compile_model=compile_model)
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
         entry, collected = run.train_epoch(epoch)
