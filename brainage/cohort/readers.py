@@ -219,19 +219,43 @@ def read_regional(root, label: str, session: str | None, atlas: str, tissue: boo
     names = [f"{atlas}_{int(i)}" for i in index]
     if not tissue and normalize == "none":
         return Read(values=volumes, names=tuple(names))
-    totals = _read_totals(tissue_path, why="set tissue: false for this input" if normalize == "none"
-                          else "set normalize: none and tissue: false for this input")
-    if isinstance(totals, Read):
-        return totals
-    if normalize == "tiv":
-        tiv = totals[TISSUE_COLUMNS.index("tiv_ml")]
-        if not tiv > 0:
-            return _bad(tissue_path, f"tiv_ml is {tiv}, so volumes cannot be divided by it")
+    got = _tissue_totals(tissue_path, normalize, why="set tissue: false for this input" if
+                         normalize == "none" else "set normalize: none and tissue: false for this input")
+    if isinstance(got, Read):
+        return got
+    totals, tiv = got
+    if tiv is not None:
         volumes = volumes / tiv
-        totals = np.where(np.array(TISSUE_COLUMNS) == "tiv_ml", totals, totals / tiv)
     if not tissue:
         return Read(values=volumes, names=tuple(names))
     return Read(values=np.concatenate([totals, volumes]), names=(*TISSUE_COLUMNS, *names))
+
+
+def _tissue_totals(tissue_path: Path, normalize: str, why: str):
+    """Return ``(totals, tiv)`` of a tissue table, or the Read that says what is wrong.
+
+    With ``normalize="tiv"`` every total but ``tiv_ml`` is divided by the TIV, which is
+    returned for the caller's other volumes; otherwise ``tiv`` is None.
+    """
+    totals = _read_totals(tissue_path, why=why)
+    if isinstance(totals, Read) or normalize != "tiv":
+        return totals if isinstance(totals, Read) else (totals, None)
+    tiv = float(totals[TISSUE_COLUMNS.index("tiv_ml")])
+    if not tiv > 0:
+        return _bad(tissue_path, f"tiv_ml is {tiv}, so volumes cannot be divided by it")
+    return np.where(np.array(TISSUE_COLUMNS) == "tiv_ml", totals, totals / tiv), tiv
+
+
+def _load_map(path: str):
+    """Return ``(image, float64 data)`` of a map, or the Read that says it is unreadable."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        return img, np.asarray(img.dataobj, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types; any is this participant's problem
+        return _bad(path, f"not a readable NIfTI image ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
 
 
 def _read_totals(tissue_path: Path, why: str) -> np.ndarray | Read:
@@ -524,8 +548,6 @@ def read_parcels(root, label: str, session: str | None, spec, qc) -> Read:
     then region order. A region in which a map has no data voxel (the participant's brain
     mask misses it) is a problem, not a NaN feature.
     """
-    import nibabel as nib
-
     from .parcels import atlas_labels, feature_name, region_means
 
     found = read_maps(root, label, session, spec, qc)
@@ -533,12 +555,10 @@ def read_parcels(root, label: str, session: str | None, spec, qc) -> Read:
         return found
     values, names = [], []
     for map_name, path in found.paths.items():
-        try:
-            img = nib.load(path)
-            data = np.asarray(img.dataobj, dtype=np.float64)
-        except Exception as exc:  # nibabel raises many types; any is this participant's problem
-            return _bad(path, f"not a readable NIfTI image ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
+        loaded = _load_map(path)
+        if isinstance(loaded, Read):
+            return loaded
+        img, data = loaded
         labels, present = atlas_labels(spec.atlas, img)
         if data.ndim != 3 or data.size != labels.size:
             return _bad(path, f"expected a 3D map on the res-{res_label(spec.resolution)} MNI grid, "
@@ -569,15 +589,8 @@ def read_tissue(root, label: str, session: str | None, normalize: str = "none") 
     tissue_path = _anat_path(root, label, session, output_entities()["tissue_morph"])
     if not tissue_path.is_file():
         return _missing()
-    totals = _read_totals(tissue_path, why="use another kind of anat input")
-    if isinstance(totals, Read):
-        return totals
-    if normalize == "tiv":
-        tiv = totals[TISSUE_COLUMNS.index("tiv_ml")]
-        if not tiv > 0:
-            return _bad(tissue_path, f"tiv_ml is {tiv}, so volumes cannot be divided by it")
-        totals = np.where(np.array(TISSUE_COLUMNS) == "tiv_ml", totals, totals / tiv)
-    return Read(values=totals, names=TISSUE_COLUMNS)
+    got = _tissue_totals(tissue_path, normalize, why="use another kind of anat input")
+    return got if isinstance(got, Read) else Read(values=got[0], names=TISSUE_COLUMNS)
 
 
 #: Feature name suffix of a map's whole-brain mean (``kind: whole_brain``): ``<map>:whole_brain``.
@@ -591,18 +604,15 @@ def read_whole_brain(root, label: str, session: str | None, spec, qc) -> Read:
     and non-zero (the participant stages write zeros outside the brain mask). Features
     ``<map>:whole_brain`` in map order.
     """
-    import nibabel as nib
-
     found = read_maps(root, label, session, spec, qc)
     if found.problem is not None:
         return found
     values = []
     for path in found.paths.values():
-        try:
-            data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
-        except Exception as exc:  # nibabel raises many types; any is this participant's problem
-            return _bad(path, f"not a readable NIfTI image ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
+        loaded = _load_map(path)
+        if isinstance(loaded, Read):
+            return loaded
+        data = loaded[1]
         inside = np.isfinite(data) & (data != 0)
         if not inside.any():
             return _bad(path, "the map has no finite, non-zero voxel")
