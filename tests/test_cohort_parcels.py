@@ -234,3 +234,17 @@ def test_group_train_on_compact_inputs_and_a_bundle_that_refuses_other_kinds(tmp
     with pytest.raises(GroupLevelError, match="the bundle was trained on tissue totals as TIV fractions"):
         check_spec_inputs(spec, _group(COMPACT_CONFIG.replace("{kind: tissue, normalize: tiv}",
                                                               "{kind: tissue}")).inputs)
+
+
+def test_a_tissue_table_with_zero_tiv_excludes_its_participant_for_both_anat_kinds(cohort_with_maps):
+    bids, deriv, people, _ = cohort_with_maps
+    bad = people["participant_id"][3]
+    path = next((deriv / bad / "anat").glob("*_desc-tissue_morph.tsv"))
+    table = pd.read_csv(path, sep="\t")
+    table["tiv_ml"] = 0.0
+    table.to_csv(path, sep="\t", index=False)
+    regional = PARCELS_CONFIG.replace("anat: {kind: regional, atlas: HarvardOxford}",
+                                      "anat: {kind: regional, atlas: HarvardOxford, normalize: tiv}")
+    for text in (COMPACT_CONFIG, regional):
+        reasons = load_cohort(bids, deriv, _group(text)).exclusions.set_index("participant_id")["reason"]
+        assert "tiv_ml is 0.0, so volumes cannot be divided by it" in reasons[bad]
