@@ -46,9 +46,14 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.test-installed
 
-# The official BIDS validator (npm package), used by the test suite.
+# The official BIDS validator (npm package), used by the test suite. Three tries: a registry
+# hiccup failed one clean-clone CI run, and the retry a minute later installed it.
 .tools/node_modules/.bin/bids-validator:
-	npm install --silent --no-audit --no-fund --prefix .tools "bids-validator@$(BIDS_VALIDATOR_VERSION)"
+	@for try in 1 2 3; do \
+		npm install --no-audit --no-fund --loglevel=error --prefix .tools \
+			"bids-validator@$(BIDS_VALIDATOR_VERSION)" && break; \
+		echo "npm install of bids-validator failed (try $$try of 3)"; sleep 10; \
+	done; test -x $@ || { echo "bids-validator is not installed: npm install failed 3 times"; exit 1; }
 
 # Debian's chromium for the browser test of the reports (Playwright drives it through
 # its executable path; no browser is downloaded). Installed with apt-get when run as root.
