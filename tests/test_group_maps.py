@@ -200,7 +200,10 @@ def test_group_train_with_the_disk_volume_cache_reads_the_same_maps(trained, tmp
     keys = list(cohort.participants.index)
     store = volume_cache(cohort, ["anat", "func"], cfg.cache_maps_gb, mode=cfg.volume_cache)
     assert len(store) == 2 * len(keys)
+    from brainage.training.volume_cache import CachedVolumeDataset
+
     tf = FeatureTransforms()
     cached, decoded = tf.inputs(cohort, keys, ["anat", "func"], store), tf.inputs(cohort, keys, ["anat", "func"], {})
+    assert all(isinstance(cached[m], CachedVolumeDataset) for m in ("anat", "func"))  # the batch path
     for m in ("anat", "func"):
         assert max(np.abs(cached[m][i] - decoded[m][i]).max() for i in range(len(keys))) < 1e-3

@@ -272,7 +272,12 @@ class FeatureTransforms:
         """Return the model inputs of ``keys``: transformed features, or volume datasets for maps.
 
         ``cache`` (from :func:`volume_cache`) is shared by the volume datasets; None streams.
+        With an on-disk cache holding every participant of ``keys`` for a modality, that
+        modality's dataset reads the cache's memory map directly, whole batches at once
+        (:class:`~brainage.training.volume_cache.CachedVolumeDataset`).
         """
+        from ..training.volume_cache import VolumeCacheStore
+
         X = {}
         cov = None
         keys = list(keys)
@@ -281,6 +286,10 @@ class FeatureTransforms:
             if inp.features is None:
                 from ..training.datasets import volume_dataset
 
+                disk = cache.caches.get(m) if isinstance(cache, VolumeCacheStore) else None
+                if disk is not None and set(map(str, keys)) <= set(disk.keys):
+                    X[m] = disk.dataset([str(k) for k in keys])
+                    continue
                 X[m] = volume_dataset(inp.paths.loc[keys].to_numpy(dtype=object).tolist(),
                                       cache=cache if cache is not None else False)
                 continue
