@@ -36,11 +36,13 @@ import torch
 from torch import nn
 
 from brainage.console import report_epoch
-from brainage.models.pidreg import PIDReg, fusion_weights_from_atoms, pair_key
+from brainage.models.pidreg import PIDReg, fusion_weights_from_atoms
 from brainage.models.presets import TARGET_TRANSFORM_ALIASES, PIDRegConfig
 from brainage.stats.atoms import PID_QUANTITIES
 from brainage.training.datasets import MultiModalData, batch_indices
-from brainage.training.distributed import all_reduce_mean, is_distributed, rank_and_world
+from brainage.training.distributed import all_reduce_mean, rank_and_world
+from brainage.training.epoch_atoms import _EpochAtoms, _mean_atoms, _pid_atoms, _reduce_atoms  # noqa: F401
+from brainage.training.regularizers import _cmi_term, regularization  # noqa: F401 (re-exported)
 
 __all__ = ["TrainResult", "pid_target", "regularization", "resolve_device", "train_model"]
 
@@ -108,136 +110,6 @@ class TrainResult:
     best_epoch: int = 0
     stage2_epoch: int | None = None
     atoms: dict = field(default_factory=dict)
-
-
-def _pid_atoms(y, zs: dict, pairs, *, bias_correction: bool) -> dict | None:
-    """PID atoms per pair, or None when the sample is too small or degenerate."""
-    from brainage.models.pid_torch import gaussian_pid_torch
-    from brainage.pid import gaussian_pid
-
-    out = {}
-    yy = y.reshape(-1, 1).double()
-    on_cpu = yy.device.type == "cpu"
-    # each modality converted once (a modality is in several pairs with three or more)
-    used = {m for pair in pairs for m in pair}
-    z64 = {m: (zs[m].double().numpy() if on_cpu else zs[m].double()) for m in used}
-    y64 = yy.numpy() if on_cpu else yy
-    for p, q in pairs:
-        if yy.shape[0] <= 1 + z64[p].shape[1] + z64[q].shape[1]:
-            return None
-        try:
-            if on_cpu:  # the numpy closed form: same numbers, about 3x faster on CPU
-                try:
-                    res = gaussian_pid(y64, z64[p], z64[q], bias_correction=bias_correction).as_dict()
-                except ValueError:
-                    # Rank-deficient window (e.g. two latent units that moved together): the
-                    # torch version's ridge gives the numbers a GPU run would get.
-                    res = gaussian_pid_torch(*(torch.from_numpy(a) for a in (y64, z64[p], z64[q])),
-                                             bias_correction=bias_correction)
-            else:
-                res = gaussian_pid_torch(y64, z64[p], z64[q], bias_correction=bias_correction)
-        except ValueError as err:  # e.g. a latent unit with zero variance in this sample
-            logger.debug("PID skipped: %s", err)
-            return None
-        out[pair_key((p, q))] = {k: float(res[k]) for k in PID_QUANTITIES}
-    return out
-
-
-def _mean_atoms(items: list[dict]) -> dict:
-    keys = items[0].keys()
-    return {k: {a: float(np.mean([it[k][a] for it in items])) for a in PID_QUANTITIES} for k in keys}
-
-
-def _reduce_atoms(atoms: dict) -> dict:
-    if not is_distributed():
-        return atoms
-    keys = sorted(atoms)
-    vec = torch.tensor([[atoms[k][a] for a in PID_QUANTITIES] for k in keys], dtype=torch.float64)
-    vec = all_reduce_mean(vec)
-    return {k: dict(zip(PID_QUANTITIES, vec[i].tolist())) for i, k in enumerate(keys)}
-
-
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).float()
-
-
-def _cmi_term(z: dict, xb: dict, modalities: list, sigma_scale: float) -> torch.Tensor:
-    """Sum over modalities of the CS-CMI ``I(Z_m; X_others | X_m)`` of one batch.
-
-    The Gram matrices of the inputs are data: they are built once per batch and
-    shared, the condition of one term being the target of another (with more than
-    two modalities the target's squared distances are the sum over the other
-    modalities, which is those of their concatenation).
-    """
-    from brainage.models.losses import cs_cmi_from_grams, gram_from_sq_dists, pairwise_sq_dists
-
-    device_type = next(iter(z.values())).device.type
-    with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
-        d2 = {m: pairwise_sq_dists(_flat(xb[m])) for m in modalities}
-        grams = {m: gram_from_sq_dists(d2[m], sigma_scale) for m in modalities}
-        targets = []
-        for m in modalities:
-            others = [o for o in modalities if o != m]
-            targets.append(grams[others[0]] if len(others) == 1
-                           else gram_from_sq_dists(sum(d2[o] for o in others), sigma_scale))
-        k = torch.stack(targets)
-        cond = torch.stack([grams[m] for m in modalities])
-    with torch.autocast(device_type=device_type, enabled=False):
-        # All modalities' terms as one stack (PIDReg gives every modality the same
-        # latent size): the same numbers as one call per modality, fewer operations.
-        lat = gram_from_sq_dists(
-            pairwise_sq_dists(torch.stack([z[m] for m in modalities]), stacked=True),
-            sigma_scale)
-        return cs_cmi_from_grams(lat, k, cond).sum()
-
-
-def regularization(out: dict, xb: dict, y_pid, modalities: list, cfg: PIDRegConfig, *,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Weighted sum of the PIDReg regularizers of one batch.
-
-    ``lambda_cs`` × the Cauchy–Schwarz Gaussianity of every modality's
-    pre-bottleneck latent, ``lambda_cmi`` × the CS-CMI terms (see
-    :func:`_cmi_term`) and, when ``y_pid`` is given (stage 1), ``lambda_norm`` ×
-    the normality of the joint ``[y_pid, z_1, ..., z_M]``. The normality term is
-    skipped on a batch with no more samples than that joint has dimensions + 1
-    (whitening needs more samples than dimensions; e.g. a short last batch).
-
-    Parameters
-    ----------
-    out : dict
-        Output of :meth:`PIDReg.forward` on the batch (``"a"`` and ``"z"`` latents).
-    xb : dict
-        The batch's inputs by modality (for the CMI terms).
-    y_pid : torch.Tensor or None
-        Gaussianised targets of the batch, shape (n,); None skips the normality term.
-    modalities : list of str
-        Modalities of the model.
-    cfg : PIDRegConfig
-        Weights, CMI kernel width and Gaussianity reference.
-    generator : torch.Generator, optional
-        For the Gaussianity loss's random reference sample (``cs_reference="sample"``).
-
-    Returns
-    -------
-    torch.Tensor
-        0-dim tensor (float64); add it to the prediction loss.
-    """
-    from brainage.models.losses import cs_gaussianity_loss, normality_loss
-
-    z = {m: out["z"][m].float() for m in modalities}
-    total = torch.zeros((), dtype=torch.float64, device=z[modalities[0]].device)
-    if cfg.lambda_cs > 0:
-        a = torch.stack([out["a"][m].float() for m in modalities])
-        total = total + cfg.lambda_cs * cs_gaussianity_loss(
-            a, generator=generator, reference=cfg.cs_reference).sum()
-    if cfg.lambda_cmi > 0:
-        total = total + cfg.lambda_cmi * _cmi_term(z, xb, modalities, cfg.cmi_sigma_scale)
-    n = z[modalities[0]].shape[0]
-    n_joint = 1 + sum(z[m].shape[1] for m in modalities)
-    if y_pid is not None and cfg.lambda_norm > 0 and n > n_joint + 1:
-        joint = torch.cat([y_pid.reshape(-1, 1).float()] + [z[m] for m in modalities], dim=1)
-        total = total + cfg.lambda_norm * normality_loss(joint)
-    return total
 
 
 def _to_device(xb: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -309,47 +181,6 @@ def _autocast_factory(device: torch.device):
         return torch.autocast("cpu", enabled=False)
 
     return autocast
-
-
-class _EpochAtoms:
-    """Collects what one stage-1 epoch needs for its PID atoms.
-
-    With ``pid_scope="batch"`` the atoms of every batch are estimated as the batch
-    comes (without bias correction) and averaged at the end; otherwise the batches'
-    latents and targets are kept and the atoms are estimated once on the latest
-    ``win_len`` of them (with ``cfg.pid_bias_correction``).
-    """
-
-    def __init__(self, modalities: list, pairs: list, cfg: PIDRegConfig, win_len: int):
-        self.modalities = modalities
-        self.pairs = pairs
-        self.cfg = cfg
-        self.win_len = win_len
-        self.batch_atoms: list[dict] = []
-        self.win_z: dict = {m: [] for m in modalities}
-        self.win_y: list = []
-
-    def add(self, z: dict, yg: torch.Tensor) -> None:
-        """Take one batch's latents ``z`` (by modality) and Gaussianised targets ``yg``."""
-        zd = {m: v.detach().float() for m, v in z.items()}
-        if self.cfg.pid_scope == "batch":
-            with torch.no_grad():
-                ba = _pid_atoms(yg, zd, self.pairs, bias_correction=False)
-            if ba is not None:
-                self.batch_atoms.append(ba)
-        else:
-            for m in self.modalities:
-                self.win_z[m].append(zd[m])
-            self.win_y.append(yg)
-
-    def atoms(self) -> dict | None:
-        """Return the epoch's atoms per pair, or None when none could be estimated."""
-        if self.cfg.pid_scope == "batch":
-            return _mean_atoms(self.batch_atoms) if self.batch_atoms else None
-        zs = {m: torch.cat(self.win_z[m])[-self.win_len:] for m in self.modalities}
-        ys = torch.cat(self.win_y)[-self.win_len:]
-        with torch.no_grad():
-            return _pid_atoms(ys, zs, self.pairs, bias_correction=self.cfg.pid_bias_correction)
 
 
 class _TrainingRun:
