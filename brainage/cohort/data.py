@@ -61,7 +61,7 @@ import pandas as pd
 
 from ..bids import TEMPLATE_SPACE, derivative_path
 from ..exceptions import GroupLevelError
-from . import readers
+from . import map_features, readers
 from .participants import PARTICIPANT_COLUMNS, Unit, participant_units, subfolders
 from .spec import check_spec_features, check_spec_inputs, input_spec
 
@@ -244,11 +244,11 @@ def _read(root: Path, unit: Unit, spec, qc) -> readers.Read:
     if spec.kind == "connectivity":
         return readers.read_connectivity(root, unit.label, unit.session, spec.atlas, qc)
     if spec.kind == "parcels":
-        return readers.read_parcels(root, unit.label, unit.session, spec, qc)
+        return map_features.read_parcels(root, unit.label, unit.session, spec, qc)
     if spec.kind == "tissue":
         return readers.read_tissue(root, unit.label, unit.session, spec.normalize)
     if spec.kind == "whole_brain":
-        return readers.read_whole_brain(root, unit.label, unit.session, spec, qc)
+        return map_features.read_whole_brain(root, unit.label, unit.session, spec, qc)
     return readers.read_maps(root, unit.label, unit.session, spec, qc)
 
 
