@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def _app_parser() -> argparse.ArgumentParser:
                        help="group: rebuild OUTPUT_DIR/reports from the existing group outputs (no fitting)")
     parser.add_argument("--no-report", action="store_true",
                         help="group: write the group tables and the bundle, not the HTML reports")
+    parser.add_argument("--gpus", type=int, default=1, metavar="N",
+                        help="group --train: train the neural models data-parallel on N GPUs of this "
+                        "machine (N processes launched with torchrun; default 1)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
@@ -168,6 +172,10 @@ def _setup_logging(verbose: int) -> None:
 def run_participant_level(args) -> int:
     """Validate the inputs, then run the participant-level stages."""
     import time
+
+    if args.gpus != 1:
+        raise UsageError("--gpus is for group --train; the participant level runs its stages with "
+                         "--nprocs local processes or on a Dask cluster (--scheduler-address)")
 
     from .bids import (
         check_bids_root,
@@ -294,11 +302,52 @@ def run_group_level(args) -> int:
             "primary one), --model BUNDLE (apply a trained bundle to this cohort) or --report-only "
             "(rebuild the reports of the last group run)"
         )
+    if args.gpus != 1 and "RANK" not in os.environ:
+        return launch_data_parallel(args)
+    from .training.distributed import rank_and_world
+
     outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model,
                         report=not args.no_report)
     flush_warnings()
-    print("\n".join(group_summary(outputs)))
+    if rank_and_world()[0] == 0:
+        print("\n".join(group_summary(outputs)))
     return 0
+
+
+def torchrun_command(argv: list[str], n_processes: int) -> list[str]:
+    """Return the command that runs ``brainage ARGV`` as ``n_processes`` data-parallel ranks (torchrun)."""
+    rest, skip = [], False
+    for arg in argv:  # the ranks run the same command without --gpus
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            rest.append(arg)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={n_processes}", "-m", "brainage", *rest]
+
+
+def launch_data_parallel(args) -> int:
+    """``group --train --gpus N``: run the group level as N torchrun ranks, one per GPU."""
+    import subprocess
+
+    if args.gpus < 1:
+        raise UsageError(f"--gpus {args.gpus}: give the number of GPUs to train on (1 or more)")
+    if not args.train:
+        raise UsageError("--gpus is for group --train: applying a bundle or building reports runs "
+                         "on one device")
+    import torch
+
+    found = torch.cuda.device_count()
+    if found < args.gpus:
+        raise UsageError(
+            f"--gpus {args.gpus} asks for {args.gpus} CUDA devices; this machine has {found}. Give "
+            f"--gpus {max(found, 1)}, or run on a machine with more GPUs"
+        )
+    command = torchrun_command(list(args.argv), args.gpus)
+    logger.info("data-parallel training on %d GPUs: %s", args.gpus, " ".join(command))
+    return subprocess.run(command, check=False).returncode
 
 
 def run_simulate(args) -> int:
@@ -334,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser = _app_parser()
         args = parser.parse_args(argv)
+        args.argv = argv
         handler = run_participant_level if args.analysis_level == "participant" else run_group_level
     _setup_logging(args.verbose)
     try:

@@ -69,16 +69,47 @@ def run_group(bids_dir, output_dir, config, *, train: bool = True, model=None, d
     """
     if not Path(output_dir).is_dir():
         raise UsageError(f"OUTPUT_DIR {output_dir} does not exist; run the participant level first")
+    from .training.distributed import init_from_env
+
+    rank, world = init_from_env()  # launched by torchrun (`group --train --gpus N`): join the group
+    if world > 1 and model is not None:
+        raise UsageError(
+            f"group --model runs in one process; this one is rank {rank} of {world} data-parallel "
+            "processes. Apply the bundle without --gpus or torchrun"
+        )
     if model is not None:
         from .group.apply import apply_bundle
 
         outputs = apply_bundle(bids_dir, output_dir, model, device=device)
+    elif rank > 0:
+        return _train_other_rank(bids_dir, output_dir, config, device)
     else:
         from .group.train import train_group
 
         outputs = train_group(bids_dir, output_dir, config, device=device)
     if report:
         outputs.reports = run_reports(output_dir)
+    return outputs
+
+
+def _train_other_rank(bids_dir, output_dir, config, device):
+    """Data-parallel training, rank > 0: the same fits as rank 0, the outputs in a scratch folder.
+
+    Every rank runs the whole group level, so the collectives of the neural fits
+    (gradients, PID windows, validation losses) line up; only rank 0 writes
+    ``OUTPUT_DIR/group`` and the reports. The other ranks' copies, identical or
+    nearly so, are deleted.
+    """
+    import logging
+    import tempfile
+
+    from .group.train import train_group
+
+    logging.getLogger("brainage").setLevel(logging.WARNING)  # rank 0 tells the story
+    with tempfile.TemporaryDirectory(prefix="brainage-rank-") as scratch:
+        outputs = train_group(bids_dir, output_dir, config, device=device,
+                              group_out=Path(scratch) / "group")
+    outputs.files = {}
     return outputs
 
 

@@ -174,6 +174,7 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
             of range or repeated, or fewer than 4 training participants.
         """
         from brainage.training.datasets import MultiModalData
+        from brainage.training.distributed import rank_and_world
         from brainage.training.trainer import resolve_device, train_model
 
         config = self._make_config()
@@ -224,6 +225,7 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
             "y_mean": float(y.mean()), "y_sd": float(y.std()),
             "y_min": float(y.min()), "y_max": float(y.max()),
             "input_shapes": self.input_shapes_,
+            "world_size": rank_and_world()[1],  # data-parallel processes that trained it
         }
         return self
 

@@ -133,7 +133,7 @@ def write_common(out: Path, cohort, table, runs, primary: str, extra_metrics: di
     return files
 
 
-def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupOutputs:
+def train_group(bids_dir, output_dir, config, *, device: str = "auto", group_out=None) -> GroupOutputs:
     """Cross-validate the configured models on a cohort and bundle the primary one.
 
     Parameters
@@ -146,6 +146,11 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
         The pipeline configuration; its ``group`` section drives everything.
     device : str
         Device of the neural models.
+    group_out : path-like, optional
+        Where the group outputs go (default ``OUTPUT_DIR/group``). Under data-parallel
+        training the ranks other than 0 write to a scratch folder of their own
+        (:func:`brainage.levels.run_group`); every rank follows rank 0's decision to
+        reuse an up-to-date run.
 
     Returns
     -------
@@ -163,11 +168,17 @@ def train_group(bids_dir, output_dir, config, *, device: str = "auto") -> GroupO
 
     start = time.perf_counter()
     cfg = config.group
-    out = group_dir(output_dir)
+    out = group_dir(output_dir) if group_out is None else Path(group_out)
+    out.mkdir(parents=True, exist_ok=True)
     cohort = load_cohort(bids_dir, output_dir, cfg)
     pid_cohort = atlas_pid_cohort(cohort, cfg, output_dir)
     fp = cohort_fingerprint(pid_cohort, cfg)
     reused = _reuse(out, fp)
+    from ..training.distributed import broadcast_flag, rank_and_world
+
+    if rank_and_world()[1] > 1 and broadcast_flag(reused is not None) != (reused is not None):
+        # data-parallel training: rank 0 alone sees the earlier run; the others follow it
+        reused = GroupOutputs(directory=out, up_to_date=True) if reused is None else None
     if reused is not None:
         logger.info("group level up to date (same inputs, configuration and code): %s", out)
         reused.seconds = time.perf_counter() - start

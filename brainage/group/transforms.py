@@ -122,11 +122,18 @@ def volume_cache(cohort, modalities, budget_gb: float, *, mode: str = "memory", 
                                   "a derivatives root; give volume_cache a folder")
         folder = subs[0].parent / "group" / "work" / "volume_cache"
     workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
+    from ..training.distributed import barrier, rank_and_world
+
+    rank, world = rank_and_world()
+    if world > 1 and rank > 0:
+        barrier()  # data-parallel training: rank 0 builds or updates the shared cache first
     caches = {}
     for m in maps:
         paths = cohort.inputs[m].paths.dropna()  # a participant without the modality has no slot
         caches[m] = VolumeCache.open(folder, paths.to_numpy(dtype=object).tolist(),
                                      keys=[str(k) for k in paths.index], name=m, workers=workers)
+    if world > 1 and rank == 0:
+        barrier()  # the other ranks open what rank 0 wrote, and reuse it
     return VolumeCacheStore(caches)
 
 

@@ -3,6 +3,13 @@
 :class:`_EpochAtoms` collects what one stage-1 epoch of the trainer needs
 (``pid_scope`` batch or window); :func:`_pid_atoms` estimates the atoms of one
 sample, :func:`_mean_atoms` averages epochs and :func:`_reduce_atoms` averages ranks.
+
+Under data-parallel training (DDP) the windowed PID is global: every rank keeps
+the latest ``ceil(win_len / world)`` latents of its own shard, the windows are
+gathered across ranks (:func:`~brainage.training.distributed.all_gather_rows`),
+and every rank estimates the atoms of the same ``win_len`` samples, which a
+single process holding those samples would get (``tests/test_training_distributed.py``).
+Per-batch atoms (``pid_scope="batch"``) stay per rank and are averaged.
 """
 
 from __future__ import annotations
@@ -15,7 +22,12 @@ import torch
 from brainage.models.pidreg import pair_key
 from brainage.models.presets import PIDRegConfig
 from brainage.stats.atoms import PID_QUANTITIES
-from brainage.training.distributed import all_reduce_mean, is_distributed
+from brainage.training.distributed import (
+    all_gather_rows,
+    all_reduce_mean,
+    is_distributed,
+    rank_and_world,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +114,12 @@ class _EpochAtoms:
         """Return the epoch's atoms per pair, or None when none could be estimated."""
         if self.cfg.pid_scope == "batch":
             return _mean_atoms(self.batch_atoms) if self.batch_atoms else None
-        zs = {m: torch.cat(self.win_z[m])[-self.win_len:] for m in self.modalities}
-        ys = torch.cat(self.win_y)[-self.win_len:]
+        _, world = rank_and_world()
+        keep = -(-self.win_len // world)  # this rank's share of the global window
+        zs = {m: torch.cat(self.win_z[m])[-keep:] for m in self.modalities}
+        ys = torch.cat(self.win_y)[-keep:]
+        if world > 1:
+            zs = {m: all_gather_rows(v) for m, v in zs.items()}
+            ys = all_gather_rows(ys)
         with torch.no_grad():
             return _pid_atoms(ys, zs, self.pairs, bias_correction=self.cfg.pid_bias_correction)

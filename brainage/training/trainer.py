@@ -332,19 +332,21 @@ class _TrainingRun:
     def update_fusion_weights(self, epoch: int, collected: _EpochAtoms, entry: dict) -> None:
         """Stage-1 step after an epoch: atoms, windowed atoms, fusion weights, freeze rule.
 
-        The epoch's atoms (averaged over ranks) join the window of the last
+        The epoch's atoms (of the window gathered from all ranks, or the batch atoms
+        averaged over ranks) join the window of the last
         ``atom_window_epochs`` epochs, whose mean sets the fusion weights (coin flips
         from the run's numpy generator). Adds ``atoms`` / ``atoms_windowed`` to
         ``entry``. Nothing changes when the epoch gave no atoms (on any rank).
         """
-        atoms = collected.atoms()
+        atoms = collected.atoms()  # windowed: the same global window on every rank
         if self.world > 1:  # every rank must take part in the reduction, or none
             ok = all_reduce_mean(torch.tensor(float(atoms is not None), dtype=torch.float64))
             if float(ok) < 1.0:
                 atoms = None
         if atoms is None:
             return
-        atoms = _reduce_atoms(atoms)
+        if self.cfg.pid_scope == "batch":  # per-rank batch atoms: their mean over ranks
+            atoms = _reduce_atoms(atoms)
         self.atom_hist.append(atoms)
         windowed = _mean_atoms(list(self.atom_hist))
         entry.update(atoms=atoms, atoms_windowed=windowed)
