@@ -27,6 +27,10 @@ from brainage.exceptions import UsageError
 __all__ = ["NeuralRegressor"]
 
 
+#: Keys of a neural estimator's ``training`` options.
+TRAINING_OPTIONS = ("prefetch", "channels_last", "compile", "fused_adam")
+
+
 class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
     """Base of the neural estimators: encoders per modality, trained by brainage's training loop.
 
@@ -45,6 +49,12 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``, for training
         and inference; inference falls back to the CPU when the device is not there.
+    training : dict, optional
+        How the training loop runs, not what it learns (see
+        :func:`~brainage.training.trainer.train_model`): ``prefetch`` (batches assembled
+        ahead on a background thread; default ``"auto"``: 2 for 3D inputs on CUDA, else
+        0), ``channels_last`` and ``compile`` (default false), ``fused_adam`` (default:
+        on CUDA). E.g. ``{"compile": true, "prefetch": 4}``.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
         encoders: dict | None = None,
         random_state: int = 0,
         device: str = "auto",
+        training: dict | None = None,
     ):
         self.preset = preset
         self.latent_dim = latent_dim
@@ -71,6 +82,7 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
         self.encoders = encoders
         self.random_state = random_state
         self.device = device
+        self.training = training
 
     # ------------------------------------------------------------------ setup
     def _make_config(self):
@@ -213,6 +225,7 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
         result = train_model(
             self.model_, data, y_std, train_idx, val_idx, config, y_pid=y_pid,
             seed=self.random_state, device=self.device,
+            **self._training_options(resolve_device(self.device), raw.sample_shapes),
         )
         self.device_ = str(resolve_device(self.device))
         self.model_.to("cpu")
@@ -228,6 +241,26 @@ class NeuralRegressor(ABC, BundleIO, RegressorMixin, BaseEstimator):
             "world_size": rank_and_world()[1],  # data-parallel processes that trained it
         }
         return self
+
+    def _training_options(self, device, shapes: dict) -> dict:
+        """Return the ``training`` options as :func:`~brainage.training.trainer.train_model` arguments."""
+        opts = dict(self.training or {})
+        unknown = sorted(set(opts) - set(TRAINING_OPTIONS))
+        if unknown:
+            raise UsageError(
+                f"Unknown training option(s) {unknown}; known: {', '.join(TRAINING_OPTIONS)} "
+                "(e.g. training: {compile: true, prefetch: 4})."
+            )
+        prefetch = opts.get("prefetch", "auto")
+        if prefetch == "auto":
+            volumes = any(len(shape) > 2 for shape in shapes.values())
+            prefetch = 2 if volumes and device.type == "cuda" else 0
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise UsageError(f"training.prefetch must be 'auto' or a number of batches >= 0, "
+                             f"got {prefetch!r}.")
+        fused = opts.get("fused_adam")
+        return {"prefetch": prefetch, "channels_last": bool(opts.get("channels_last", False)),
+                "compile_model": bool(opts.get("compile", False)), "fused_adam": fused}
 
     def _validation_split(self, n: int, config, validation_idx) -> tuple[np.ndarray, np.ndarray]:
         """Sorted (validation, training) positions: the caller's, or a seeded random split."""

@@ -147,13 +147,14 @@ def _evaluate(model, data, idx, y_std, cfg, device, autocast, channels_last=Fals
     return float(all_reduce_mean(torch.tensor(mean, dtype=torch.float64)))
 
 
-def _make_optimizer(model: nn.Module, cfg: PIDRegConfig):
+def _make_optimizer(model: nn.Module, cfg: PIDRegConfig, *, fused: bool = False):
     """Set up Adam and the plateau schedule; return ``(optimizer, scheduler, has_theta)``.
 
     One Adam with two parameter groups (the bottleneck's θ_m have their own learning
     rate): the same updates as two optimizers, with one step per batch. The plateau
     schedule lowers only the network's rate: θ's floor is its own rate.
-    ``has_theta`` says whether the second group (θ) exists.
+    ``has_theta`` says whether the second group (θ) exists. ``fused`` uses the fused
+    implementation (one kernel for all parameters on CUDA; same update rule).
     """
     theta = [p for n, p in model.named_parameters() if n.startswith("theta.")]
     others = [p for n, p in model.named_parameters() if not n.startswith("theta.")]
@@ -162,7 +163,7 @@ def _make_optimizer(model: nn.Module, cfg: PIDRegConfig):
     if theta:
         groups.append({"params": theta, "lr": cfg.lambda_lr})
         min_lrs.append(cfg.lambda_lr)
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups, fused=True) if fused else torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
         min_lr=min_lrs,
@@ -193,7 +194,7 @@ class _TrainingRun:
 
     def __init__(self, model, data, y_std, train_idx, val_idx, cfg, *, y_pid, seed, device,
                  use_regularizers, frozen_weights, prefetch=0, loss_check_every=None,
-                 channels_last=False, compile_model=False):
+                 channels_last=False, compile_model=False, fused_adam=None):
         self.device = resolve_device(device)
         self.rank, self.world = rank_and_world()
         self.is_pid = isinstance(model, PIDReg)
@@ -221,7 +222,9 @@ class _TrainingRun:
                              f"{loss_check_every}.")
         self.losses: list[torch.Tensor] = []
         self.checked = 0
-        self.opt, self.sched, self.has_theta = _make_optimizer(model, cfg)
+        if fused_adam is None:  # on by default where it exists to save kernel launches
+            fused_adam = self.device.type == "cuda"
+        self.opt, self.sched, self.has_theta = _make_optimizer(model, cfg, fused=bool(fused_adam))
         self.reg_every = int(cfg.regularizer_interval)
         self.step = 0
         self.autocast = _autocast_factory(self.device)
@@ -438,6 +441,7 @@ def train_model(
     loss_check_every: int | None = None,
     channels_last: bool = False,
     compile_model: bool = False,
+    fused_adam: bool | None = None,
 ) -> TrainResult:
     """Train a PIDReg network (two-stage schedule) or a baseline network (plain MSE).
 
@@ -484,6 +488,8 @@ def train_model(
     compile_model : bool
         Run the forward pass through :func:`torch.compile` (needs a C++ compiler on CPU,
         Triton on CUDA; the first steps compile). Off by default.
+    fused_adam : bool, optional
+        Use the fused Adam (``torch.optim.Adam(fused=True)``); default: on CUDA only.
 
     Returns
     -------
@@ -499,7 +505,7 @@ def train_model(
                        device=device, use_regularizers=use_regularizers,
                        frozen_weights=frozen_weights, prefetch=prefetch,
                        loss_check_every=loss_check_every, channels_last=channels_last,
-                       compile_model=compile_model)
+                       compile_model=compile_model, fused_adam=fused_adam)
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
         entry, collected = run.train_epoch(epoch)
