@@ -73,8 +73,10 @@ GPU_TO_MEASURE = [
     "costs nothing, so the ratio here is ~1 by construction",
     "channels_last_3d and torch.compile with cuDNN / Triton (the CPU ratios say nothing about them)",
     "cache + pinned-memory prefetch feeding the GPU vs batches already in GPU memory",
-    "fused Adam (torch.optim.Adam(fused=True); on by default on CUDA, training.fused_adam) against the plain one",
-    "accuracy at the GPU batch sizes (16-256) with full-width SFCN encoders at 2 mm; the CPU check at batches 8/16/32 with the 8 mm CNN path is bench/results/group_cnn_b*.json",
+    "fused Adam (torch.optim.Adam(fused=True); on by default on CUDA, training.fused_adam) "
+    "against the plain one",
+    "accuracy at the GPU batch sizes (16-256) with full-width SFCN encoders at 2 mm; the CPU check "
+    "at batches 8/16/32 with the 8 mm CNN path is bench/results/group_cnn_b*.json",
 ]
 
 

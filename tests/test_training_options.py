@@ -85,3 +85,13 @@ def test_group_config_passes_the_options_and_the_bundle_keeps_them(tmp_path):
     path = save_bundle(est, tmp_path / "model")
     again = load_bundle(path)
     assert again.training == {"prefetch": 1}
+
+
+def test_baselines_take_the_same_options_and_survive_clone():
+    from sklearn.base import clone
+
+    est = make_estimator("late_fusion", modalities=["m1", "m2"],
+                         params={"max_epochs": 2, "latent_dim": 2, "hidden": [8],
+                                 "training": {"prefetch": 1}}, random_state=0, device="cpu")
+    assert est.training == {"prefetch": 1}
+    assert clone(est).training == {"prefetch": 1}

@@ -36,7 +36,7 @@ class BaselineRegressor(NeuralRegressor):
         Baseline type.
     modality : str, optional
         The modality used by ``kind="unimodal"``.
-    preset, latent_dim, hidden, max_epochs, batch_size, lr, settings, encoders, random_state, device
+    preset, latent_dim, hidden, max_epochs, batch_size, lr, settings, encoders, random_state, device, training
         As in :class:`~brainage.estimators.neural.NeuralRegressor`; the preset's regularizer
         and PID settings do not apply (the network has no bottleneck, PID or fusion weights).
 
@@ -72,11 +72,12 @@ class BaselineRegressor(NeuralRegressor):
         encoders: dict | None = None,
         random_state: int = 0,
         device: str = "auto",
+        training: dict | None = None,
     ):
         super().__init__(
             preset=preset, latent_dim=latent_dim, hidden=hidden, max_epochs=max_epochs,
             batch_size=batch_size, lr=lr, settings=settings, encoders=encoders,
-            random_state=random_state, device=device,
+            random_state=random_state, device=device, training=training,
         )
         self.kind = kind
         self.modality = modality
