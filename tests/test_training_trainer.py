@@ -219,3 +219,28 @@ def test_window_pid_on_cpu_survives_a_rank_deficient_window_like_the_gpu_path():
     ref = gaussian_pid_torch(y[:, None], zs["a"].double(), zs["b"].double(), bias_correction=True)
     assert got["a|b"] == pytest.approx({k: float(ref[k]) for k in got["a|b"]}, abs=1e-9)
     assert got["a|b"]["R"] > 0.1
+
+
+def test_weight_average_validates_and_returns_the_averaged_parameters():
+    from brainage.training.trainer import _evaluate
+
+    def fit(decay, epochs):  # one batch per epoch: one optimizer step per epoch
+        net, data, y_std, y_pid, tr, va, cfg = _setup(max_epochs=epochs, lr=3e-2, weight_average=decay,
+                                                      early_stopping_patience=100, batch_size=240)
+        res = train_model(net, data, y_std, tr, va, cfg, y_pid=y_pid, device="cpu")
+        restored = _evaluate(net, data, va, y_std, cfg, torch.device("cpu"),
+                             lambda: torch.autocast("cpu", enabled=False))
+        return res, {k: p.detach() for k, p in net.named_parameters()}, restored
+
+    _, one_step, _ = fit(0.0, 1)
+    _, plain, _ = fit(0.0, 6)
+    # an average that barely follows the later steps keeps the parameters of the first one
+    frozen, averaged, restored = fit(0.999999, 6)
+    gap_plain = max(float((plain[k] - one_step[k]).abs().max()) for k in one_step)
+    gap_avg = max(float((averaged[k] - one_step[k]).abs().max()) for k in one_step)
+    assert gap_plain > 0.05 and gap_avg < 1e-4
+    # the validation losses (and the early-stopping choice) are the average's
+    assert restored == pytest.approx(min(e["val_loss"] for e in frozen.history), rel=1e-5)
+    assert frozen.history[-1]["train_loss"] < frozen.history[0]["train_loss"]  # the live net trained
+    with pytest.raises(ValueError, match="weight_average"):
+        get_preset("default", weight_average=1.0)

@@ -94,6 +94,12 @@ class PIDRegConfig:
         atoms stays below ``freeze_tol`` bits for ``freeze_patience`` epochs.
     validation_fraction : float
         Share of the training data held out for the scheduler and early stopping.
+    weight_average : float
+        Decay of an exponential moving average of the network's parameters, updated
+        after every optimizer step (Polyak averaging; ``torch.optim.swa_utils``); the
+        validation loss, early stopping and the returned weights then use the average
+        (buffers such as the fusion weights are the live network's). 0 (the default)
+        trains without it.
     fusion_warmup_epochs : int
         Epochs at the initial equal fusion weights before the PID atoms set them (0: from
         the first epoch, the published method). The atoms are computed and recorded
@@ -129,6 +135,7 @@ class PIDRegConfig:
     freeze_patience: int = 5
     validation_fraction: float = 0.1
     fusion_warmup_epochs: int = 0
+    weight_average: float = 0.0
     name: str = field(default="default", compare=False)
 
     def __post_init__(self):
@@ -152,6 +159,8 @@ class PIDRegConfig:
             )
         if int(self.fusion_warmup_epochs) < 0:
             raise ValueError(f"fusion_warmup_epochs must be >= 0, got {self.fusion_warmup_epochs}.")
+        if not 0.0 <= float(self.weight_average) < 1.0:
+            raise ValueError(f"weight_average (an EMA decay) must be in [0, 1), got {self.weight_average}.")
         if int(self.regularizer_interval) < 1:
             raise ValueError(
                 f"regularizer_interval must be >= 1 (1 = every batch), got {self.regularizer_interval}."

@@ -225,6 +225,11 @@ class _TrainingRun:
         if fused_adam is None:  # on by default where it exists to save kernel launches
             fused_adam = self.device.type == "cuda"
         self.opt, self.sched, self.has_theta = _make_optimizer(model, cfg, fused=bool(fused_adam))
+        self.averaged = None
+        if cfg.weight_average > 0:  # Polyak averaging of the parameters; buffers come from the model
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_average))
         self.reg_every = int(cfg.regularizer_interval)
         self.step = 0
         self.autocast = _autocast_factory(self.device)
@@ -330,6 +335,8 @@ class _TrainingRun:
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         return self.losses[-1]
 
     def update_fusion_weights(self, epoch: int, collected: _EpochAtoms, entry: dict) -> None:
@@ -392,7 +399,7 @@ class _TrainingRun:
         ``lr`` and, with a bottleneck, ``lambda_lr`` to ``entry``.
         """
         if len(self.val_idx):
-            val = _evaluate(self.net, self.data, self.val_idx, self.y_std, self.cfg, self.device,
+            val = _evaluate(self._evaluated(), self.data, self.val_idx, self.y_std, self.cfg, self.device,
                             self.autocast, self.channels_last)
         else:
             val = entry["train_loss"]
@@ -403,10 +410,20 @@ class _TrainingRun:
         self.sched.step(val)
         return val
 
+    def _evaluated(self) -> nn.Module:
+        """Return the network that validation, early stopping and the result use (the average, if kept)."""
+        if self.averaged is None:
+            return self.net
+        with torch.no_grad():  # the live buffers (fusion weights, batch-norm statistics)
+            for mine, live in zip(self.averaged.module.buffers(), self.model.buffers()):
+                mine.copy_(live)
+        return self.averaged.module
+
     def should_stop(self, epoch: int, val: float) -> bool:
         """Keep the best weights so far; True after ``early_stopping_patience`` epochs without gain."""
         if val < self.best[0] - 1e-12:
-            self.best = (val, epoch, copy.deepcopy(self.model.state_dict()))
+            kept = self.model if self.averaged is None else self._evaluated()
+            self.best = (val, epoch, copy.deepcopy(kept.state_dict()))
             self.since_best = 0
             return False
         self.since_best += 1
