@@ -9,6 +9,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIDS_VALIDATOR_VERSION ?= 1.15.0
 DEMO_DIR ?= brainage-demo
+# Bounded network waits for apt-get, so a stalled mirror fails the step instead of holding it.
+APT_OPTS := -o Acquire::http::Timeout=60 -o Acquire::https::Timeout=60 -o Acquire::Retries=3
 
 .PHONY: install install-test demo test test-all lint bench tools chromium clean
 
@@ -46,11 +48,13 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.test-installed
 
-# The official BIDS validator (npm package), used by the test suite. Three tries: a registry
-# hiccup failed one clean-clone CI run, and the retry a minute later installed it.
+# The official BIDS validator (npm package), used by the test suite. Three tries, each bounded
+# by a timeout: a registry hiccup failed one clean-clone CI run (the retry a minute later installed
+# it), and a stalled connection once held another run until its 90-minute limit.
 .tools/node_modules/.bin/bids-validator:
 	@for try in 1 2 3; do \
-		npm install --no-audit --no-fund --loglevel=error --prefix .tools \
+		timeout 300 npm install --no-audit --no-fund --loglevel=error --prefix .tools \
+			--fetch-timeout=60000 --fetch-retries=2 \
 			"bids-validator@$(BIDS_VALIDATOR_VERSION)" && break; \
 		echo "npm install of bids-validator failed (try $$try of 3)"; sleep 10; \
 	done; test -x $@ || { echo "bids-validator is not installed: npm install failed 3 times"; exit 1; }
@@ -61,8 +65,8 @@ chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing Debian's chromium for the browser test"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_OPTS) chromium >/dev/null \
+	  || { apt-get update -qq $(APT_OPTS) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_OPTS) chromium >/dev/null; }; \
 	else echo "the browser test needs Debian's chromium: sudo apt-get install chromium"; exit 1; fi
 
 tools: .tools/node_modules/.bin/bids-validator chromium
