@@ -120,9 +120,10 @@ def _app_parser() -> argparse.ArgumentParser:
                        help="group: rebuild OUTPUT_DIR/reports from the existing group outputs (no fitting)")
     parser.add_argument("--no-report", action="store_true",
                         help="group: write the group tables and the bundle, not the HTML reports")
-    parser.add_argument("--gpus", type=int, default=1, metavar="N",
+    parser.add_argument("--gpus", type=int, default=None, metavar="N",
                         help="group --train: train the neural models data-parallel on N GPUs of this "
-                        "machine (N processes launched with torchrun; default 1)")
+                        "machine (N processes launched with torchrun; default: the config's "
+                        "group.gpus, 1)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
@@ -173,7 +174,7 @@ def run_participant_level(args) -> int:
     """Validate the inputs, then run the participant-level stages."""
     import time
 
-    if args.gpus != 1:
+    if args.gpus not in (None, 1):
         raise UsageError("--gpus is for group --train; the participant level runs its stages with "
                          "--nprocs local processes or on a Dask cluster (--scheduler-address)")
 
@@ -302,7 +303,9 @@ def run_group_level(args) -> int:
             "primary one), --model BUNDLE (apply a trained bundle to this cohort) or --report-only "
             "(rebuild the reports of the last group run)"
         )
-    if args.gpus != 1 and "RANK" not in os.environ:
+    if args.gpus is None and args.train and config.group.gpus != 1:
+        args.gpus, args.gpus_source = config.group.gpus, "group.gpus"
+    if args.gpus not in (None, 1) and "RANK" not in os.environ:
         return launch_data_parallel(args)
     from .training.distributed import rank_and_world
 
@@ -329,9 +332,10 @@ def torchrun_command(argv: list[str], n_processes: int) -> list[str]:
 
 
 def launch_data_parallel(args) -> int:
-    """``group --train --gpus N``: run the group level as N torchrun ranks, one per GPU."""
+    """Run the group level as N torchrun ranks, one per GPU (`--gpus N` or `group.gpus: N`)."""
     import subprocess
 
+    what = getattr(args, "gpus_source", "--gpus")
     if args.gpus < 1:
         raise UsageError(f"--gpus {args.gpus}: give the number of GPUs to train on (1 or more)")
     if not args.train:
@@ -342,8 +346,8 @@ def launch_data_parallel(args) -> int:
     found = torch.cuda.device_count()
     if found < args.gpus:
         raise UsageError(
-            f"--gpus {args.gpus} asks for {args.gpus} CUDA devices; this machine has {found}. Give "
-            f"--gpus {max(found, 1)}, or run on a machine with more GPUs"
+            f"{what} {args.gpus} asks for {args.gpus} CUDA devices; this machine has {found}. Give "
+            f"{what} {max(found, 1)}, or run on a machine with more GPUs"
         )
     command = torchrun_command(list(args.argv), args.gpus)
     logger.info("data-parallel training on %d GPUs: %s", args.gpus, " ".join(command))

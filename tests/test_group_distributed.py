@@ -54,6 +54,22 @@ def test_gpus_refused_with_the_fix(tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_group_gpus_in_the_config_launches_the_ranks_and_the_flag_overrides_it(tmp_path, capsys):
+    bids, deriv = write_cohort(tmp_path, n=12)
+    config = tmp_path / "gpus.yaml"
+    config.write_text(CONFIG.replace("  attributions: false\n", "  attributions: false\n  gpus: 64\n"))
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
+    assert code == 2  # the config asks for 64 GPUs: refused, naming the key that asked
+    err = capsys.readouterr().err
+    assert "group.gpus 64 asks for 64 CUDA devices" in err and "Give group.gpus" in err
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report",
+                 "--gpus", "32"])
+    assert code == 2 and "--gpus 32 asks for 32 CUDA devices" in capsys.readouterr().err
+    config.write_text(CONFIG.replace("  attributions: false\n", "  attributions: false\n  gpus: 0\n"))
+    code = main([str(bids), str(deriv), "group", "--train", "--config-file", str(config), "--no-report"])
+    assert code == 2 and "gpus" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_train_the_group_level(tmp_path):
     bids, deriv = write_cohort(tmp_path, n=42)

@@ -351,6 +351,11 @@ class GroupConfig(_Section):
         description="Keep MNI maps in memory after their first read when the cohort's maps take at "
         "most this many GB as float32 (0: always stream from disk, as large cohorts do).",
     )
+    gpus: int = Field(
+        default=1, ge=1,
+        description="group --train: train the neural models data-parallel on this many GPUs of the "
+        "machine (that many processes launched with torchrun); the command line's --gpus overrides it.",
+    )
     volume_cache: Literal["memory", "auto", "disk", "off"] = Field(
         default="memory",
         description="How MNI maps are read between epochs: 'memory' keeps them in memory when they fit "
