@@ -152,6 +152,10 @@ def test_train_writes_every_output(trained):
     assert {"site siteA", "site siteB", "pooled"} <= set(groups["scope"])
     pid = json.loads((out / "pid.json").read_text())
     assert pid["available"] and pid["units"] == "bits" and len(pid["per_fold"]) == 3
+    gauss = pid["latent_gaussianity"]  # the PID's Gaussian model, checked on each fold's latents
+    assert [g["fold"] for g in gauss] == [0, 1, 2]
+    assert all(0.5 < g[m]["shapiro_w_mean"] <= 1 and g[m]["mardia_kurtosis_ratio"] > 0
+               for g in gauss for m in ("anat", "func"))
     # each fold model's held-out PID is numbers in bits, not a repr string
     score = pid["held_out_pid_score"][0]["score"]["anat|func"]
     assert isinstance(score["U1"], float) and score["n"] >= 10 and score["bias_corrected"] is True

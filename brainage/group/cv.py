@@ -58,7 +58,8 @@ class ModelRun:
         model predicts from one modality alone.
     folds : list of dict
         Per outer fold: sizes, seconds, the fitted bias correction, and for
-        PIDReg-like models the PID atoms, fusion weights and held-out PID score.
+        PIDReg-like models the PID atoms, fusion weights, held-out PID score and the
+        Gaussianity of the training latents (:func:`brainage.stats.gaussianity.latent_gaussianity`).
     contributions : pandas.DataFrame or None
         For PIDReg models, indexed by participant key like ``predictions``: the
         exact Shapley values of the prediction over the fusion terms
@@ -179,6 +180,8 @@ def _pid_info(est, X_test, y_test) -> dict:
         info["pid_unavailable"] = est.pid_unavailable_
     if getattr(est, "fusion_weights_", None):
         info["fusion_weights"] = est.fusion_weights_
+    if getattr(est, "gaussianity_", None):  # of the training latents: how far the PID's model holds
+        info["gaussianity"] = est.gaussianity_
     if info and len(y_test) >= 10 and hasattr(est, "pid_score"):
         try:
             info["pid_score"] = est.pid_score(X_test, y_test)

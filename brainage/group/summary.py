@@ -246,6 +246,8 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
         "unavailable": unavailable,
         "summary": summary,
         "fusion_weights": [{"fold": i["fold"], **i.get("fusion_weights", {})} for i in run.folds],
+        "latent_gaussianity": [{"fold": i["fold"], **i["gaussianity"]} for i in run.folds
+                               if i.get("gaussianity")],
         "held_out_pid_score": [{"fold": i["fold"], "score": _pid_scores(i.get("pid_score"))}
                                for i in run.folds],
         "note": ("held_out: atoms of the controls' age with respect to the out-of-fold "
@@ -255,7 +257,9 @@ def pid_report(run, participants: pd.DataFrame | None = None) -> dict:
                  "summary: atoms of each fold model's latents, estimated on its training "
                  "participants (in sample: with few of them they overestimate the information); "
                  "their interval is across folds, which share training participants, so it shows "
-                 "stability, not sampling uncertainty. held_out_pid_score: each fold model's "
+                 "stability, not sampling uncertainty. latent_gaussianity: per fold and modality, "
+                 "how Gaussian the training latents are (Shapiro–Wilk W, Mardia's kurtosis ratio), "
+                 "which the closed-form PID assumes. held_out_pid_score: each fold model's "
                  "latents on its held-out controls (few per fold, so noisy). docs/stats.md, "
                  "docs/pid.md."),
     }
