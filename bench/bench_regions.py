@@ -157,7 +157,7 @@ def main() -> int:
         )
         cfg = GroupConfig(**group)
         cohort = load_cohort(bids, deriv, cfg)
-        if reference is None:
+        if reference is None and cohort.inputs["anat"].features is not None:  # tabular volumes only
             reference = marginal_reference(cohort, truth)
             print(f"reference (marginal |r| with age, no model): rho {reference['rho']:.3f}")
         start = time.perf_counter()
