@@ -303,10 +303,10 @@ def run_group_level(args) -> int:
             "primary one), --model BUNDLE (apply a trained bundle to this cohort) or --report-only "
             "(rebuild the reports of the last group run)"
         )
-    if args.gpus is None and args.train and config.group.gpus != 1:
-        args.gpus, args.gpus_source = config.group.gpus, "group.gpus"
-    if args.gpus not in (None, 1) and "RANK" not in os.environ:
-        return launch_data_parallel(args)
+    gpus, source = (args.gpus, "--gpus") if args.gpus is not None else (
+        config.group.gpus if args.train else 1, "group.gpus")
+    if gpus != 1 and "RANK" not in os.environ:
+        return launch_data_parallel(args, gpus, source)
     from .training.distributed import rank_and_world
 
     outputs = run_group(bids_dir, output_dir, config, train=bool(args.train), model=args.model,
@@ -331,26 +331,25 @@ def torchrun_command(argv: list[str], n_processes: int) -> list[str]:
             f"--nproc-per-node={n_processes}", "-m", "brainage", *rest]
 
 
-def launch_data_parallel(args) -> int:
-    """Run the group level as N torchrun ranks, one per GPU (`--gpus N` or `group.gpus: N`)."""
+def launch_data_parallel(args, gpus: int, source: str = "--gpus") -> int:
+    """Run the group level as ``gpus`` torchrun ranks, one per GPU; ``source`` names who asked."""
     import subprocess
 
-    what = getattr(args, "gpus_source", "--gpus")
-    if args.gpus < 1:
-        raise UsageError(f"--gpus {args.gpus}: give the number of GPUs to train on (1 or more)")
+    if gpus < 1:
+        raise UsageError(f"{source} {gpus}: give the number of GPUs to train on (1 or more)")
     if not args.train:
         raise UsageError("--gpus is for group --train: applying a bundle or building reports runs "
                          "on one device")
     import torch
 
     found = torch.cuda.device_count()
-    if found < args.gpus:
+    if found < gpus:
         raise UsageError(
-            f"{what} {args.gpus} asks for {args.gpus} CUDA devices; this machine has {found}. Give "
-            f"{what} {max(found, 1)}, or run on a machine with more GPUs"
+            f"{source} {gpus} asks for {gpus} CUDA devices; this machine has {found}. Give "
+            f"{source} {max(found, 1)}, or run on a machine with more GPUs"
         )
-    command = torchrun_command(list(args.argv), args.gpus)
-    logger.info("data-parallel training on %d GPUs: %s", args.gpus, " ".join(command))
+    command = torchrun_command(list(args.argv), gpus)
+    logger.info("data-parallel training on %d GPUs: %s", gpus, " ".join(command))
     return subprocess.run(command, check=False).returncode
 
 
