@@ -29,16 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result
+from bench._common import add_cohort_arguments, cohort_paths, oracle_mae, write_result
 from brainage.config import GroupConfig, load_config
 from brainage.group.train import train_group
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS dataset")
-    parser.add_argument("--derivatives", type=Path, help="default: BIDS/derivatives/brainage")
-    parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
+    add_cohort_arguments(parser)
     parser.add_argument("--models", help="comma-separated subset of the config's models")
     parser.add_argument("--name", default="group", help="results file bench/results/<name>.json")
     parser.add_argument("--keep", type=Path, help="copy the group outputs (with the bundle) here")
@@ -46,8 +44,7 @@ def main() -> int:
     parser.add_argument("--bias-correction", help="bias-correction method (default: the config's)")
     parser.add_argument("--n", type=int, help="use the first N participants of participants.tsv only")
     args = parser.parse_args()
-    bids = args.bids.resolve()
-    deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
+    bids, deriv = cohort_paths(args)
     truth_dir = bids / "sourcedata" / "brainage-truth"
     truth = json.loads((truth_dir / "truth.json").read_text())
     config = load_config(args.config)
@@ -103,9 +100,7 @@ def main() -> int:
                "ci_width": float(row["ci_high"] - row["ci_low"]), "truth": truth["true_patient_gap_years"],
                "truth_inside_ci": bool(row["ci_low"] <= truth["true_patient_gap_years"] <= row["ci_high"])}
     # The oracle on exactly the controls the models predicted (exclusions and --n change them).
-    oracle_of = pd.read_csv(truth_dir / "participants_truth.tsv", sep="\t").set_index("participant_id")
-    used = predicted.loc[predicted["group"] == "control", "participant_id"].unique()
-    oracle = float((oracle_of.loc[used, "age"] - oracle_of.loc[used, "oracle_age"]).abs().mean())
+    oracle = oracle_mae(truth_dir, predicted.loc[predicted["group"] == "control", "participant_id"].unique())
     models = {}
     for name, m in metrics["models"].items():
         u, c = m["controls"]["uncorrected"], m["controls"]["corrected_not_accuracy"]

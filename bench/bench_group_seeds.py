@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench._common import write_result
+from bench._common import add_cohort_arguments, cohort_paths, oracle_mae, write_result
 
 ATOMS = ("U1", "U2", "R", "S")
 
@@ -127,24 +127,20 @@ def run_variant(cohort, group: dict, model: str, params: dict, seeds: int, oracl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS dataset")
-    parser.add_argument("--derivatives", type=Path, help="default: BIDS/derivatives/brainage")
-    parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
+    add_cohort_arguments(parser)
     parser.add_argument("--model", default="pidreg", help="the model of the comparison to repeat")
     parser.add_argument("--seeds", type=int, default=8, help="cross-validations (group.cv.seed 0 … N-1)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="settings to compare (repeatable); default: the config's as 'config'")
     parser.add_argument("--name", default="group_seed_spread", help="results file bench/results/<name>.json")
     args = parser.parse_args()
-    import pandas as pd
     import torch
 
     from brainage.cohort.data import load_cohort
     from brainage.config import GroupConfig, load_config
 
     torch.set_num_threads(2)
-    bids = args.bids.resolve()
-    deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
+    bids, deriv = cohort_paths(args)
     truth_dir = bids / "sourcedata" / "brainage-truth"
     truth = json.loads((truth_dir / "truth.json").read_text())
     group = load_config(args.config).group.model_dump(mode="json")
@@ -153,9 +149,7 @@ def main() -> int:
     cohort = load_cohort(bids, deriv, GroupConfig(**{**group, **only}))
     parts = cohort.participants
     controls = parts.index[parts["is_control"].to_numpy(bool)]
-    people = pd.read_csv(truth_dir / "participants_truth.tsv", sep="\t").set_index("participant_id")
-    ids = parts.loc[controls, "participant_id"]
-    oracle = float((people.loc[ids, "age"] - people.loc[ids, "oracle_age"]).abs().mean())
+    oracle = oracle_mae(truth_dir, parts.loc[controls, "participant_id"])
     print(f"{len(controls)} controls, oracle MAE {oracle:.3f}")
     variants = dict(parse_variant(v) for v in args.variant) or {"config": {}}
     results = {}

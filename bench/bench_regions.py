@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result
+from bench._common import add_cohort_arguments, cohort_paths, write_result
 
 KEY_REGIONS = {
     "hippocampus": lambda r: "Hippocampus" in r["region"],
@@ -120,9 +120,7 @@ def marginal_reference(cohort, truth) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS dataset")
-    parser.add_argument("--derivatives", type=Path, help="default: BIDS/derivatives/brainage")
-    parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
+    add_cohort_arguments(parser)
     parser.add_argument("--models", default="pidreg,ridge", help="comma-separated primary models to explain")
     parser.add_argument("--name", default="regions", help="results file bench/results/<name>.json")
     parser.add_argument("--keep", type=Path, help="write each model's regions tables under DIR/<model>/")
@@ -136,8 +134,7 @@ def main() -> int:
     from brainage.interpret.regions import region_summary
 
     torch.set_num_threads(2)
-    bids = args.bids.resolve()
-    deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
+    bids, deriv = cohort_paths(args)
     truth = pd.read_csv(
         bids / "sourcedata" / "brainage-truth" / "regions_truth.tsv",
         sep="\t",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result
+from bench._common import add_cohort_arguments, cohort_paths, write_result
 
 DEFAULT_BIDS = Path("/work/sample/demo/bids")
 
@@ -127,9 +127,7 @@ def evaluate(table, truth) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bids", type=Path, default=DEFAULT_BIDS, help="simulated BIDS dataset")
-    parser.add_argument("--derivatives", type=Path, help="default: BIDS/derivatives/brainage")
-    parser.add_argument("--config", default="demo", help="a shipped pipeline name or a YAML file")
+    add_cohort_arguments(parser, bids_default=DEFAULT_BIDS)
     parser.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples per region")
     parser.add_argument("--n-components", type=int, default=3, help="connectivity components")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
@@ -142,8 +140,7 @@ def main() -> int:
     from brainage.config import load_config
     from brainage.interpret.regions_pid import regions_pid
 
-    bids = args.bids.resolve()
-    deriv = (args.derivatives or bids / "derivatives" / "brainage").resolve()
+    bids, deriv = cohort_paths(args)
     truth = pd.read_csv(bids / "sourcedata" / "brainage-truth" / "regions_truth.tsv", sep="\t",
                         keep_default_na=False, na_values=["n/a"])
     cfg = load_config(args.config).group
